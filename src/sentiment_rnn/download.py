@@ -1,0 +1,153 @@
+"""Stage `download`: load IMDB through Hugging Face `datasets`, validate it, carve a validation split.
+
+Writes `train` / `val` / `test` parquet files and a metrics file with row and label counts.
+"""
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from sentiment_rnn.errors import UserError
+from sentiment_rnn.files import write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+LABELS = (0, 1)
+LOCAL_HINT = (
+    "point data.source in params.yaml at a local copy in the hub layout "
+    "(e.g. ../shared/data/imdb) or at a folder of parquet files"
+)
+
+
+def _is_local(source: str) -> bool:
+    """A source is local if it exists or looks like a path rather than an `owner/name` hub id."""
+    return Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") != 1
+
+
+def load_source(source: str) -> dict[str, pd.DataFrame]:
+    """Load the `train` and `test` splits of `source` (hub id or local folder) as DataFrames."""
+    import datasets  # imported here: the training core must run where `datasets` is absent
+
+    if _is_local(source):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise UserError(f"data.source '{source}' does not exist: {LOCAL_HINT}")
+        try:
+            loaded = datasets.load_dataset(str(path))
+        except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot read data.source '{source}' as a dataset: {first}") from None
+    else:
+        loaded = _load_hub(source)
+    missing = [s for s in ("train", "test") if s not in loaded]
+    if missing:
+        raise UserError(
+            f"data.source '{source}' has no split(s) {missing} (found {sorted(loaded)}): "
+            "it needs train and test"
+        )
+    return {name: loaded[name].to_pandas() for name in ("train", "test")}
+
+
+def _load_hub(source: str) -> Any:
+    """Load a hub dataset; without network, fail fast with a message that says what to do."""
+    import datasets
+    import huggingface_hub
+
+    try:
+        huggingface_hub.HfApi().dataset_info(source, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the hub is unusable
+        raise UserError(
+            f"cannot reach the Hugging Face hub for '{source}' ({type(exc).__name__}); "
+            f"offline, {LOCAL_HINT}"
+        ) from None
+    return datasets.load_dataset(source)
+
+
+def _row_list(index: pd.Index, limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in index[:limit])
+    return shown + (f" and {len(index) - limit} more" if len(index) > limit else "")
+
+
+def validate(df: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Check schema and values; return the `text` and `label` columns or raise naming bad rows."""
+    missing = [c for c in ("text", "label") if c not in df.columns]
+    if missing:
+        raise UserError(
+            f"split '{split}' lacks column(s) {missing} (found {list(df.columns)}): "
+            "the data needs a text column 'text' and an integer column 'label'"
+        )
+    text_ok = df["text"].map(lambda t: isinstance(t, str) and t.strip() != "")
+    if not text_ok.all():
+        bad = df.index[~text_ok]
+        raise UserError(
+            f"split '{split}': {len(bad)} row(s) with missing or empty text (rows {_row_list(bad)})"
+        )
+    label_ok = df["label"].isin(LABELS)
+    if not label_ok.all():
+        bad = df.index[~label_ok]
+        values = sorted({str(v) for v in df.loc[bad, "label"]})[:5]
+        raise UserError(
+            f"split '{split}': {len(bad)} row(s) with labels outside {{0, 1}} "
+            f"(rows {_row_list(bad)}; values {values})"
+        )
+    return df[["text", "label"]].astype({"label": "int64"}).reset_index(drop=True)
+
+
+def split_train_val(
+    train: pd.DataFrame, val_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Carve a seeded validation split from train, stratified by label."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    tr, va = train_test_split(
+        train, test_size=val_fraction, random_state=seed, stratify=train["label"]
+    )
+    return tr.reset_index(drop=True), va.reset_index(drop=True)
+
+
+def _digests(texts: pd.Series) -> set[str]:
+    return {hashlib.sha1(t.encode()).hexdigest() for t in texts}
+
+
+def split_stats(splits: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """Row and label counts per split, plus duplicates within and overlap across splits."""
+    stats: dict[str, Any] = {}
+    digests = {name: _digests(df["text"]) for name, df in splits.items()}
+    for name, df in splits.items():
+        counts = df["label"].value_counts()
+        stats[name] = {
+            "rows": int(len(df)),
+            "neg": int(counts.get(0, 0)),
+            "pos": int(counts.get(1, 0)),
+            "duplicate_texts": int(len(df) - len(digests[name])),
+        }
+    stats["overlap"] = {
+        "train_val": len(digests["train"] & digests["val"]),
+        "train_test": len(digests["train"] & digests["test"]),
+        "val_test": len(digests["val"] & digests["test"]),
+    }
+    return stats
+
+
+def run_download(
+    source: str, val_fraction: float, seed: int, out_dir: Path, metrics_path: Path
+) -> dict[str, Any]:
+    """The stage's core: load, validate, split, write parquet files and the metrics file."""
+    raw = load_source(source)
+    train = validate(raw["train"], "train")
+    test = validate(raw["test"], "test")
+    train, val = split_train_val(train, val_fraction, seed)
+    splits = {"train": train, "val": val, "test": test}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, df in splits.items():
+        df.to_parquet(out_dir / f"{name}.parquet", index=False)
+    stats = split_stats(splits)
+    stats["source"] = source
+    write_json(metrics_path, stats)
+    log.info("wrote %s", ", ".join(f"{n}={len(d)}" for n, d in splits.items()))
+    return stats

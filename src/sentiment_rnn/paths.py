@@ -1,0 +1,19 @@
+"""Where each stage reads and writes, relative to the project root (the folder with dvc.yaml)."""
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+TOKENS_DIR = Path("data/tokens")
+MODELS_DIR = Path("models")
+CHECKPOINT_DIR = Path("checkpoints")
+METRICS_DIR = Path("reports/metrics")
+PLOTS_DIR = Path("reports/plots")
+
+
+def model_dir(arch: str) -> Path:
+    return MODELS_DIR / arch
+
+
+def run_file(arch: str) -> Path:
+    """The MLflow run id of the training run, read by evaluate and export."""
+    return model_dir(arch) / "mlflow_run.json"
