@@ -18,8 +18,26 @@ import yaml
 ARCHS = ("rnn", "lstm", "gru")
 POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant", "loved", "fun", "touching"]
 NEGATIVE = ["awful", "boring", "terrible", "dull", "waste", "hated", "clumsy", "weak"]
-FILLER = ["the", "movie", "plot", "actors", "film", "was", "and", "story", "scenes", "it", "a",
-          "director", "script", "ending", "<br /><br />", "really", "quite", "music"]
+FILLER = [
+    "the",
+    "movie",
+    "plot",
+    "actors",
+    "film",
+    "was",
+    "and",
+    "story",
+    "scenes",
+    "it",
+    "a",
+    "director",
+    "script",
+    "ending",
+    "<br /><br />",
+    "really",
+    "quite",
+    "music",
+]
 
 
 def synthetic_reviews(n: int, seed: int) -> pd.DataFrame:
@@ -47,14 +65,36 @@ def write_hub_layout(root: Path, train: pd.DataFrame, test: pd.DataFrame) -> Pat
 
 def tiny_params(source: str | Path) -> dict[str, Any]:
     """params.yaml for fast tests: tiny vocabulary, short reviews, small models, two epochs."""
-    model = {"embed_dim": 16, "hidden_size": 16, "num_layers": 1, "bidirectional": True,
-             "dropout": 0.1, "pooling": "max", "cell": "fused"}
-    train = {"model": model, "epochs": 2, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0,
-             "clip_grad_norm": 1.0, "warmup_fraction": 0.1, "patience": 2, "seed": 0, "device": "cpu"}
+    model = {
+        "embed_dim": 16,
+        "hidden_size": 16,
+        "num_layers": 1,
+        "bidirectional": True,
+        "dropout": 0.1,
+        "pooling": "max",
+        "cell": "fused",
+    }
+    train = {
+        "model": model,
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 0.01,
+        "weight_decay": 0.0,
+        "clip_grad_norm": 1.0,
+        "warmup_fraction": 0.1,
+        "patience": 2,
+        "seed": 0,
+        "device": "cpu",
+    }
     return {
         "data": {"source": str(source), "val_fraction": 0.2, "seed": 0},
-        "tokenize": {"vocab_size": 200, "min_frequency": 1, "max_length": 32, "lowercase": True,
-                     "truncation_side": "right"},
+        "tokenize": {
+            "vocab_size": 200,
+            "min_frequency": 1,
+            "max_length": 32,
+            "lowercase": True,
+            "truncation_side": "right",
+        },
         "mlflow": {"experiment": "test-experiment"},
         "train": {arch: {**train, "model": dict(model)} for arch in ARCHS},
     }
@@ -101,8 +141,12 @@ def make_project(root: Path, source: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     with working_dir(root):
         run_download(str(source), 0.2, 0, paths.RAW_DIR, paths.METRICS_DIR / "data.json")
-        run_tokenize(TokenizeConfig(**params["tokenize"]), paths.RAW_DIR, paths.TOKENS_DIR,
-                     paths.METRICS_DIR / "tokenize.json")
+        run_tokenize(
+            TokenizeConfig(**params["tokenize"]),
+            paths.RAW_DIR,
+            paths.TOKENS_DIR,
+            paths.METRICS_DIR / "tokenize.json",
+        )
     return root
 
 

@@ -38,7 +38,9 @@ class TokenDataset:
         lengths = self.lengths[index]
         steps = int(lengths.max())
         ids = self.ids[index, :steps].long()
-        return Batch(ids.to(device, non_blocking=True), lengths.to(device), self.labels[index].to(device))
+        return Batch(
+            ids.to(device, non_blocking=True), lengths.to(device), self.labels[index].to(device)
+        )
 
 
 def bucketed_batches(

@@ -1,4 +1,4 @@
-"""Stage `download`: load IMDB through Hugging Face `datasets`, validate it, carve a validation split.
+"""Stage `download`: load IMDB through Hugging Face `datasets`, validate it, carve a val split.
 
 Writes `train` / `val` / `test` parquet files and a metrics file with row and label counts.
 """
@@ -40,8 +40,9 @@ def load_source(source: str) -> dict[str, pd.DataFrame]:
         try:
             loaded = datasets.load_dataset(str(path))
         except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot read data.source '{source}' as a dataset: {first}") from None
+            raise UserError(
+                f"cannot read data.source '{source}' as a dataset: {_root_cause(exc)}"
+            ) from None
     else:
         loaded = _load_hub(source)
     missing = [s for s in ("train", "test") if s not in loaded]
@@ -53,14 +54,27 @@ def load_source(source: str) -> dict[str, pd.DataFrame]:
     return {name: loaded[name].to_pandas() for name in ("train", "test")}
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's first and last lines: `datasets` wraps the useful part."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+
+
 def _load_hub(source: str) -> Any:
     """Load a hub dataset; without network, fail fast with a message that says what to do."""
     import datasets
     import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
         huggingface_hub.HfApi().dataset_info(source, timeout=10)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the hub is unusable
+    except RepositoryNotFoundError:
+        raise UserError(f"no dataset '{source}' on the Hugging Face hub: check data.source") from None
+    except Exception as exc:  # any other failure here means the hub is unusable
         raise UserError(
             f"cannot reach the Hugging Face hub for '{source}' ({type(exc).__name__}); "
             f"offline, {LOCAL_HINT}"

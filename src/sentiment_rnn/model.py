@@ -47,7 +47,9 @@ class ModelConfig:
             if value not in allowed:
                 raise UserError(f"model.{name} must be one of {allowed}, got {value!r}")
         if min(self.vocab_size, self.embed_dim, self.hidden_size, self.num_layers) < 1:
-            raise UserError("model sizes (vocab_size, embed_dim, hidden_size, num_layers) must be >= 1")
+            raise UserError(
+                "model sizes (vocab_size, embed_dim, hidden_size, num_layers) must be >= 1"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -156,7 +158,9 @@ def save_model(model: SentimentRNN, path: str | Path, extra: dict[str, Any] | No
     torch.save({"config": asdict(model.cfg), "state_dict": state, "extra": extra or {}}, path)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[SentimentRNN, dict[str, Any]]:
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[SentimentRNN, dict[str, Any]]:
     """Rebuild a model saved by `save_model`; returns it in eval mode with its metadata."""
     path = Path(path)
     if not path.is_file():

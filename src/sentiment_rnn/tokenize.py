@@ -35,14 +35,16 @@ class TokenizeConfig:
 
     def __post_init__(self) -> None:
         if self.truncation_side not in ("right", "left"):
-            raise UserError(f"tokenize.truncation_side must be 'right' or 'left', got {self.truncation_side!r}")
+            raise UserError(
+                f"tokenize.truncation_side must be 'right' or 'left', got {self.truncation_side!r}"
+            )
         if self.max_length < 1 or self.vocab_size < 10:
             raise UserError("tokenize.max_length must be >= 1 and tokenize.vocab_size >= 10")
 
 
 @dataclass
 class Encoded:
-    """A split as padded ids: `ids` (N, T) int32, `lengths` (N,) after truncation, `full_lengths`."""
+    """A split as padded ids `ids` (N, T) int32, `lengths` after truncation, `full_lengths`."""
 
     ids: np.ndarray
     lengths: np.ndarray
@@ -74,7 +76,9 @@ def train_tokenizer(texts: list[str], cfg: TokenizeConfig) -> Tokenizer:
     return tok
 
 
-def encode(tok: Tokenizer, texts: list[str], max_length: int, side: str = "right") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode(
+    tok: Tokenizer, texts: list[str], max_length: int, side: str = "right"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode texts into (ids (N, T) int32 padded with PAD_ID, lengths, full lengths).
 
     A text that normalises to nothing becomes a single UNK token, so every row has length >= 1.
@@ -118,7 +122,9 @@ def read_split(path: Path) -> pd.DataFrame:
 
 
 def save_encoded(path: Path, enc: Encoded) -> None:
-    np.savez(path, ids=enc.ids, lengths=enc.lengths, full_lengths=enc.full_lengths, labels=enc.labels)
+    np.savez(
+        path, ids=enc.ids, lengths=enc.lengths, full_lengths=enc.full_lengths, labels=enc.labels
+    )
 
 
 def load_encoded(path: str | Path) -> Encoded:
@@ -130,8 +136,10 @@ def load_encoded(path: str | Path) -> Encoded:
         return Encoded(z["ids"], z["lengths"], z["full_lengths"], z["labels"])
 
 
-def run_tokenize(cfg: TokenizeConfig, raw_dir: Path, out_dir: Path, metrics_path: Path) -> dict[str, Any]:
-    """The stage's core: fit on train, encode train/val/test, write arrays, tokenizer and metrics."""
+def run_tokenize(
+    cfg: TokenizeConfig, raw_dir: Path, out_dir: Path, metrics_path: Path
+) -> dict[str, Any]:
+    """The stage's core: fit on train, encode every split, write arrays, tokenizer, metrics."""
     frames = {s: read_split(raw_dir / f"{s}.parquet") for s in ("train", "val", "test")}
     t0 = time.perf_counter()
     tok = train_tokenizer(frames["train"]["text"].tolist(), cfg)
@@ -140,7 +148,10 @@ def run_tokenize(cfg: TokenizeConfig, raw_dir: Path, out_dir: Path, metrics_path
     tok_path = out_dir / "tokenizer.json"
     tok.save(str(tok_path))
 
-    metrics: dict[str, Any] = {"vocab_size": tok.get_vocab_size(), "fit_seconds": round(fit_seconds, 3)}
+    metrics: dict[str, Any] = {
+        "vocab_size": tok.get_vocab_size(),
+        "fit_seconds": round(fit_seconds, 3),
+    }
     n_rows, encode_seconds = 0, 0.0
     for split, df in frames.items():
         t0 = time.perf_counter()
@@ -154,5 +165,10 @@ def run_tokenize(cfg: TokenizeConfig, raw_dir: Path, out_dir: Path, metrics_path
     metrics["reviews_per_second"] = round(n_rows / encode_seconds, 1)
     metrics["tokenizer_sha256"] = tokenizer_sha256(tok_path)
     write_json(metrics_path, metrics)
-    log.info("vocab %d, %d reviews encoded at %.0f/s", metrics["vocab_size"], n_rows, metrics["reviews_per_second"])
+    log.info(
+        "vocab %d, %d reviews encoded at %.0f/s",
+        metrics["vocab_size"],
+        n_rows,
+        metrics["reviews_per_second"],
+    )
     return metrics

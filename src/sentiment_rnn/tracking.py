@@ -32,7 +32,9 @@ def setup(experiment: str) -> Any:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
@@ -68,7 +70,9 @@ def read_run_id(path: str | Path) -> str:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} not found: run the train stage first (it records the MLflow run id)")
+        raise UserError(
+            f"{path} not found: run the train stage first (it records the MLflow run id)"
+        )
     return str(read_json(path)["run_id"])
 
 

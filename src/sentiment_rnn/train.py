@@ -67,9 +67,12 @@ class EpochStats:
 
     def as_metrics(self) -> dict[str, float]:
         return {
-            "train/loss": self.train_loss, "train/acc": self.train_acc,
-            "val/loss": self.val_loss, "val/acc": self.val_acc,
-            "epoch_seconds": self.seconds, "tokens_per_second": self.tokens_per_second,
+            "train/loss": self.train_loss,
+            "train/acc": self.train_acc,
+            "val/loss": self.val_loss,
+            "val/acc": self.val_acc,
+            "epoch_seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
             "lr": self.lr,
         }
 
@@ -92,7 +95,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA GPU is visible: set it to 'auto' or 'cpu'")
+        raise UserError(
+            "train.device is 'cuda' but no CUDA GPU is visible: set it to 'auto' or 'cpu'"
+        )
     return torch.device(name)
 
 
@@ -108,15 +113,22 @@ def lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], float
     return factor
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW without weight decay on biases and embeddings' padding-free norms; cosine schedule."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.lr,
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_fraction))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
+    )
     return optimizer, schedule
 
 
@@ -125,7 +137,13 @@ def _autocast(device: torch.device, cfg: TrainConfig) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: nn.Module,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns (summed loss, correct count) as device tensors (no sync)."""
     with _autocast(device, cfg):
         logits = model(batch.token_ids, batch.lengths).float()
@@ -140,27 +158,48 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
 
 
 @torch.inference_mode()
-def evaluate_loss_acc(model: nn.Module, data: TokenDataset, batch_size: int, device: torch.device, bf16: bool = True) -> tuple[float, float]:
+def evaluate_loss_acc(
+    model: nn.Module, data: TokenDataset, batch_size: int, device: torch.device, bf16: bool = True
+) -> tuple[float, float]:
     """Mean loss and accuracy over a split, in eval mode."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     for idx in sorted_batches(data.lengths_np, batch_size * 2):
         batch = data.batch(idx, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16):
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16
+        ):
             logits = model(batch.token_ids, batch.lengths).float()
-        loss_sum += nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
+        loss_sum += nn.functional.binary_cross_entropy_with_logits(
+            logits, batch.labels, reduction="sum"
+        )
         correct += ((logits > 0) == (batch.labels > 0.5)).sum()
     return float(loss_sum) / len(data), float(correct) / len(data)
 
 
 def _progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, mininterval=1.0,
-                disable=None if sys.stderr.isatty() else True, leave=False)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="batch",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        disable=None if sys.stderr.isatty() else True,
+        leave=False,
+    )
 
 
-def train_epoch(model: nn.Module, data: TokenDataset, batches: list[np.ndarray], optimizer: torch.optim.Optimizer,
-                schedule: torch.optim.lr_scheduler.LambdaLR, cfg: TrainConfig, device: torch.device, desc: str) -> tuple[float, float, int]:
+def train_epoch(
+    model: nn.Module,
+    data: TokenDataset,
+    batches: list[np.ndarray],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    cfg: TrainConfig,
+    device: torch.device,
+    desc: str,
+) -> tuple[float, float, int]:
     """Train over `batches`; returns (mean loss, accuracy, tokens seen)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -180,7 +219,11 @@ def train_epoch(model: nn.Module, data: TokenDataset, batches: list[np.ndarray],
                 _check_finite(loss_sum, step, desc)
                 if not bar.disable:
                     rate = tokens / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(loss=f"{float(loss_sum) / rows:.4f}", acc=f"{float(correct) / rows:.3f}", tok_s=f"{rate:,.0f}")
+                    bar.set_postfix(
+                        loss=f"{float(loss_sum) / rows:.4f}",
+                        acc=f"{float(correct) / rows:.3f}",
+                        tok_s=f"{rate:,.0f}",
+                    )
             bar.update(1)
     return float(loss_sum) / rows, float(correct) / rows, tokens
 
@@ -214,9 +257,15 @@ def _load_checkpoint(path: Path | None, key: str) -> dict[str, Any] | None:
     return state
 
 
-def fit(model: SentimentRNN, train: TokenDataset, val: TokenDataset, cfg: TrainConfig,
-        checkpoint: Path | None = None, on_epoch_end: Callable[[EpochStats], None] | None = None,
-        job_key: str = "") -> FitResult:
+def fit(
+    model: SentimentRNN,
+    train: TokenDataset,
+    val: TokenDataset,
+    cfg: TrainConfig,
+    checkpoint: Path | None = None,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+    job_key: str = "",
+) -> FitResult:
     """Train with early stopping on val accuracy, checkpointing every epoch.
 
     If `checkpoint` holds a state of the same job (`job_key`), training resumes after its last
@@ -247,11 +296,31 @@ def fit(model: SentimentRNN, train: TokenDataset, val: TokenDataset, cfg: TrainC
             break
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed + epoch)
-        batches = bucketed_batches(train.lengths_np, cfg.batch_size, np.random.default_rng(cfg.seed + epoch))[:steps]
-        loss, acc, tokens = train_epoch(model, train, batches, optimizer, schedule, cfg, device, f"{model.cfg.arch} epoch {epoch}")
+        batches = bucketed_batches(
+            train.lengths_np, cfg.batch_size, np.random.default_rng(cfg.seed + epoch)
+        )[:steps]
+        loss, acc, tokens = train_epoch(
+            model,
+            train,
+            batches,
+            optimizer,
+            schedule,
+            cfg,
+            device,
+            f"{model.cfg.arch} epoch {epoch}",
+        )
         seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate_loss_acc(model, val, cfg.batch_size, device, cfg.bf16)
-        stats = EpochStats(epoch, loss, acc, val_loss, val_acc, seconds, tokens / seconds, schedule.get_last_lr()[0])
+        stats = EpochStats(
+            epoch,
+            loss,
+            acc,
+            val_loss,
+            val_acc,
+            seconds,
+            tokens / seconds,
+            schedule.get_last_lr()[0],
+        )
         result.history.append(stats)
         result.seconds += time.perf_counter() - t0
         if val_acc > result.best_val_acc:
@@ -259,17 +328,35 @@ def fit(model: SentimentRNN, train: TokenDataset, val: TokenDataset, cfg: TrainC
             result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-        log.info("%s epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs, %.0f tok/s",
-                 model.cfg.arch, epoch, loss, acc, val_loss, val_acc, seconds, stats.tokens_per_second)
+        log.info(
+            "%s epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs, %.0f tok/s",
+            model.cfg.arch,
+            epoch,
+            loss,
+            acc,
+            val_loss,
+            val_acc,
+            seconds,
+            stats.tokens_per_second,
+        )
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            _save_checkpoint(checkpoint, {
-                "fingerprint": key, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "history": [asdict(h) for h in result.history], "best_epoch": result.best_epoch,
-                "best_val_acc": result.best_val_acc, "best_state": result.best_state,
-                "bad_epochs": bad_epochs, "seconds": result.seconds,
-            })
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "fingerprint": key,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "history": [asdict(h) for h in result.history],
+                    "best_epoch": result.best_epoch,
+                    "best_val_acc": result.best_val_acc,
+                    "best_state": result.best_state,
+                    "bad_epochs": bad_epochs,
+                    "seconds": result.seconds,
+                },
+            )
         if on_epoch_end is not None:
             on_epoch_end(stats)
     if result.best_state is not None:
@@ -310,16 +397,20 @@ def plot_history(path: Path, arch: str, history: list[EpochStats]) -> None:
 
 
 def run_train(arch: str, section: dict[str, Any], experiment: str) -> FitResult:
-    """The stage's entry: train `arch` from its params section, track it in MLflow, write outputs."""
+    """The stage's entry: train `arch` from its params, track it in MLflow, write outputs."""
     from sentiment_rnn import paths, tracking
     from sentiment_rnn.files import read_json, write_json
     from sentiment_rnn.model import ModelConfig, count_parameters
     from sentiment_rnn.tokenize import load_encoded
 
     tok_meta = read_json(paths.METRICS_DIR / "tokenize.json")
-    model_cfg = ModelConfig.from_dict({"arch": arch, "vocab_size": tok_meta["vocab_size"], **section.get("model", {})})
+    model_cfg = ModelConfig.from_dict(
+        {"arch": arch, "vocab_size": tok_meta["vocab_size"], **section.get("model", {})}
+    )
     if model_cfg.arch != arch:
-        raise UserError(f"train.{arch}.model.arch is {model_cfg.arch!r}: it must match the stage ({arch!r})")
+        raise UserError(
+            f"train.{arch}.model.arch is {model_cfg.arch!r}: it must match the stage ({arch!r})"
+        )
     cfg = TrainConfig.from_dict({k: v for k, v in section.items() if k != "model"})
     train_data = TokenDataset(load_encoded(paths.TOKENS_DIR / "train.npz"))
     val_data = TokenDataset(load_encoded(paths.TOKENS_DIR / "val.npz"))
@@ -328,29 +419,56 @@ def run_train(arch: str, section: dict[str, Any], experiment: str) -> FitResult:
     device = resolve_device(cfg.device)
     out = paths.model_dir(arch)
     out.mkdir(parents=True, exist_ok=True)
-    tags = {"arch": arch, "dvc_stage": f"train@{arch}", "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    tags = {
+        "arch": arch,
+        "dvc_stage": f"train@{arch}",
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
     with tracking.start_run(experiment, run_name=arch, tags=tags) as run:
         mlflow = tracking.setup(experiment)
-        mlflow.log_params(tracking.flatten("", {"model": asdict(model_cfg), "train": asdict(cfg)})
-                          | {"parameters": count_parameters(model), "tokenizer_sha256": tok_meta["tokenizer_sha256"]})
+        mlflow.log_params(
+            tracking.flatten("", {"model": asdict(model_cfg), "train": asdict(cfg)})
+            | {
+                "parameters": count_parameters(model),
+                "tokenizer_sha256": tok_meta["tokenizer_sha256"],
+            }
+        )
         tracking.write_run_id(paths.run_file(arch), run)
 
         def log_epoch(stats: EpochStats) -> None:
             mlflow.log_metrics(stats.as_metrics(), step=stats.epoch)
 
         checkpoint = paths.CHECKPOINT_DIR / f"{arch}.pt"
-        result = fit(model, train_data, val_data, cfg, checkpoint, log_epoch, job_key=tok_meta["tokenizer_sha256"])
-        extra = {"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
-                 "tokenizer_sha256": tok_meta["tokenizer_sha256"], "mlflow_run_id": run.info.run_id}
+        result = fit(
+            model,
+            train_data,
+            val_data,
+            cfg,
+            checkpoint,
+            log_epoch,
+            job_key=tok_meta["tokenizer_sha256"],
+        )
+        extra = {
+            "best_val_acc": result.best_val_acc,
+            "best_epoch": result.best_epoch,
+            "tokenizer_sha256": tok_meta["tokenizer_sha256"],
+            "mlflow_run_id": run.info.run_id,
+        }
         save_model(model.cpu(), out / "model.pt", extra)
         write_json(out / "model_config.json", asdict(model_cfg))
         summary = {
-            "arch": arch, "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), "train_seconds": round(result.seconds, 2),
+            "arch": arch,
+            "best_val_acc": result.best_val_acc,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "train_seconds": round(result.seconds, 2),
             "mean_epoch_seconds": round(float(np.mean([h.seconds for h in result.history])), 2),
-            "tokens_per_second": round(float(np.mean([h.tokens_per_second for h in result.history])), 1),
-            "parameters": count_parameters(model), "device": tags["device_name"],
+            "tokens_per_second": round(
+                float(np.mean([h.tokens_per_second for h in result.history])), 1
+            ),
+            "parameters": count_parameters(model),
+            "device": tags["device_name"],
         }
         write_json(paths.METRICS_DIR / f"train-{arch}.json", summary)
         write_history_csv(paths.PLOTS_DIR / f"train-{arch}.csv", result.history)

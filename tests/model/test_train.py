@@ -1,0 +1,120 @@
+"""Model tier: training learns, is deterministic, resumes exactly after a kill, stops on NaN."""
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from sentiment_rnn.data import TokenDataset
+from sentiment_rnn.errors import UserError
+from sentiment_rnn.model import ModelConfig, SentimentRNN
+from sentiment_rnn.tokenize import load_encoded
+from sentiment_rnn.train import TrainConfig, TrainingDiverged, fit, run_train
+from tests.conftest import working_dir
+
+CFG = TrainConfig(epochs=3, batch_size=16, lr=0.01, patience=5, seed=0, device="cpu")
+
+
+def _data(project: Path) -> tuple[TokenDataset, TokenDataset]:
+    tokens = project / "data/tokens"
+    return TokenDataset(load_encoded(tokens / "train.npz")), TokenDataset(load_encoded(tokens / "val.npz"))
+
+
+def _model(arch: str = "gru") -> SentimentRNN:
+    torch.manual_seed(0)
+    return SentimentRNN(ModelConfig(arch=arch, vocab_size=200, embed_dim=16, hidden_size=16))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_training_is_deterministic(tokenized_project: Path) -> None:
+    train, val = _data(tokenized_project)
+    a, b = _model(), _model()
+    ra, rb = fit(a, train, val, CFG), fit(b, train, val, CFG)
+    assert [asdict(h) | {"seconds": 0, "tokens_per_second": 0} for h in ra.history] == [
+        asdict(h) | {"seconds": 0, "tokens_per_second": 0} for h in rb.history
+    ]
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k], atol=0, rtol=0)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tokenized_project: Path, tmp_path: Path) -> None:
+    train, val = _data(tokenized_project)
+    full = _model()
+    expected = fit(full, train, val, CFG)
+
+    def kill_after_first_epoch(stats) -> None:
+        if stats.epoch == 1:
+            raise Killed
+
+    checkpoint = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        fit(_model(), train, val, CFG, checkpoint, kill_after_first_epoch)
+    resumed_model = _model(arch="gru")
+    torch.nn.init.normal_(resumed_model.head.weight)  # the checkpoint, not the init, must win
+    resumed = fit(resumed_model, train, val, CFG, checkpoint)
+    assert resumed.resumed_from_epoch == 2
+    assert [h.val_acc for h in resumed.history] == [h.val_acc for h in expected.history]
+    assert resumed.best_epoch == expected.best_epoch
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[k], v, atol=0, rtol=0)
+
+
+def test_checkpoint_of_another_configuration_is_ignored(tokenized_project: Path, tmp_path: Path) -> None:
+    train, val = _data(tokenized_project)
+    checkpoint = tmp_path / "ckpt.pt"
+    fit(_model(), train, val, replace(CFG, epochs=1), checkpoint)
+    result = fit(_model(), train, val, replace(CFG, epochs=1, lr=0.02), checkpoint)
+    assert result.resumed_from_epoch is None
+
+
+def test_training_learns_the_synthetic_cues(tokenized_project: Path) -> None:
+    train, val = _data(tokenized_project)
+    result = fit(_model("lstm"), train, val, replace(CFG, epochs=6, lr=0.02))
+    assert result.best_val_acc >= 0.85
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_nan_loss_stops_with_a_clear_error(tokenized_project: Path) -> None:
+    train, val = _data(tokenized_project)
+    model = _model()
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="diverged.*lower train.lr"):
+        fit(model, train, val, replace(CFG, epochs=1))
+
+
+def test_unknown_train_option() -> None:
+    with pytest.raises(UserError, match="unknown train option"):
+        TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
+
+
+def test_stage_logs_one_run_to_mlflow(tokenized_project: Path, tmp_path: Path, mlflow_store: str) -> None:
+    project = tmp_path / "p"
+    import shutil
+
+    shutil.copytree(tokenized_project, project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    section = params["train"]["rnn"] | {"epochs": 1}
+    with working_dir(project):
+        run_train("rnn", section, "tiny")
+    run_id = json.loads((project / "models/rnn/mlflow_run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(mlflow_store)
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.arch"] == "rnn" and run.data.params["train.epochs"] == "1"
+    assert {"train/loss", "val/acc", "best_val_acc", "tokens_per_second"} <= set(run.data.metrics)
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "val/acc")
+    assert [m.step for m in history] == [0]
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id)}
+    assert {"plots", "model", "model_config.json"} <= artifacts
+    assert run.data.tags["arch"] == "rnn" and run.data.tags["device"] == "cpu"
+    metrics = json.loads((project / "reports/metrics/train-rnn.json").read_text())
+    assert metrics["epochs_run"] == 1 and (project / "reports/plots/train-rnn.png").stat().st_size > 0
+    assert not (project / "checkpoints/rnn.pt").exists()
