@@ -7,7 +7,7 @@ So a review's logit does not depend on its batch or its padding, the fused cuDNN
 do the work, and the graph exports to ONNX with dynamic batch and time axes.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from sentiment_rnn.cells import ReferenceLayer
 from sentiment_rnn.errors import UserError
+from sentiment_rnn.params import build_config
 
 ARCHS = ("rnn", "lstm", "gru")
 POOLINGS = ("last", "mean", "max", "meanmax")
@@ -55,11 +56,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return build_config(cls, data, "model")
 
     @property
     def directions(self) -> int:

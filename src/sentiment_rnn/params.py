@@ -1,11 +1,14 @@
 """Reading `params.yaml`: done once, at each stage's entry point."""
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from sentiment_rnn.errors import UserError
+
+C = TypeVar("C")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -30,3 +33,12 @@ def section(params: dict[str, Any], dotted: str) -> dict[str, Any]:
             raise UserError(f"params.yaml has no section '{dotted}' (missing '{key}')")
         node = node[key]
     return node
+
+
+def build_config(cls: type[C], data: dict[str, Any], where: str) -> C:
+    """Build a config dataclass from a params section, refusing keys it does not know."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"unknown {where} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)

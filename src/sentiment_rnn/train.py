@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from sentiment_rnn.data import Batch, TokenDataset, bucketed_batches, sorted_batches
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.model import SentimentRNN, save_model
+from sentiment_rnn.params import build_config
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown train option(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**data)
+        cfg = build_config(cls, data, "train")
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise UserError("train.epochs and train.batch_size must be >= 1, train.lr > 0")
         return cfg
@@ -64,6 +61,13 @@ class EpochStats:
     seconds: float
     tokens_per_second: float
     lr: float
+
+    def __str__(self) -> str:
+        return (
+            f"epoch {self.epoch}: train loss {self.train_loss:.4f} acc {self.train_acc:.4f} | "
+            f"val loss {self.val_loss:.4f} acc {self.val_acc:.4f} | "
+            f"{self.seconds:.1f}s, {self.tokens_per_second:.0f} tok/s"
+        )
 
     def as_metrics(self) -> dict[str, float]:
         return {
@@ -311,16 +315,8 @@ def fit(
         )
         seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate_loss_acc(model, val, cfg.batch_size, device, cfg.bf16)
-        stats = EpochStats(
-            epoch,
-            loss,
-            acc,
-            val_loss,
-            val_acc,
-            seconds,
-            tokens / seconds,
-            schedule.get_last_lr()[0],
-        )
+        lr = schedule.get_last_lr()[0]
+        stats = EpochStats(epoch, loss, acc, val_loss, val_acc, seconds, tokens / seconds, lr)
         result.history.append(stats)
         result.seconds += time.perf_counter() - t0
         if val_acc > result.best_val_acc:
@@ -328,17 +324,7 @@ def fit(
             result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-        log.info(
-            "%s epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs, %.0f tok/s",
-            model.cfg.arch,
-            epoch,
-            loss,
-            acc,
-            val_loss,
-            val_acc,
-            seconds,
-            stats.tokens_per_second,
-        )
+        log.info("%s %s", model.cfg.arch, stats)
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             _save_checkpoint(
