@@ -51,6 +51,51 @@ def train(arch: Annotated[str, typer.Argument(help=ARCH_HELP)], params: ParamsOp
     run_train(arch, section(all_params, f"train.{arch}"), str(section(all_params, "mlflow")["experiment"]))
 
 
+@app.command()
+def evaluate(
+    arch: Annotated[str, typer.Argument(help=ARCH_HELP)], params: ParamsOpt = Path("params.yaml")
+) -> None:
+    """Report a trained model on the test split (metrics, curves, throughput); log to MLflow."""
+    from sentiment_rnn.evaluate import run_evaluate
+
+    all_params = load_params(params)
+    cfg = section(all_params, "evaluate")
+    run_evaluate(
+        arch, str(section(all_params, "mlflow")["experiment"]),
+        batch_size=int(cfg["batch_size"]), device=str(cfg["device"]),
+    )  # fmt: skip
+
+
+@app.command()
+def export(
+    arch: Annotated[str, typer.Argument(help=ARCH_HELP)], params: ParamsOpt = Path("params.yaml")
+) -> None:
+    """Export a trained model to ONNX, gate it on parity with torch, register it in MLflow."""
+    from sentiment_rnn.export import run_export
+
+    all_params = load_params(params)
+    cfg, tok = section(all_params, "export"), section(all_params, "tokenize")
+    run_export(
+        arch, str(section(all_params, "mlflow")["experiment"]),
+        max_length=int(tok["max_length"]), truncation_side=str(tok["truncation_side"]),
+        opset=int(cfg["opset"]), registered_model_prefix=str(cfg["registered_model_prefix"]),
+        parity_tolerance=float(cfg["parity_tolerance"]), seed=int(cfg["seed"]),
+    )  # fmt: skip
+
+
+@app.command()
+def compare(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Compare the three model families from their metrics files (table + figure)."""
+    from sentiment_rnn.compare import Baseline, run_compare
+    from sentiment_rnn.model import ARCHS
+
+    baseline = Baseline.from_dict(section(load_params(params), "compare.baseline"))
+    run_compare(
+        list(ARCHS), baseline, paths.METRICS_DIR,
+        markdown=Path("reports/comparison.md"), figure=Path("reports/comparison.png"),
+    )  # fmt: skip
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one-line messages."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
