@@ -175,3 +175,9 @@ def test_relative_sqlite_uri_is_anchored_at_the_project_root(tmp_path, monkeypat
     assert orch.resolve_tracking_uri(tmp_path) == "sqlite:////abs/m.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://localhost:5000")
     assert orch.resolve_tracking_uri(tmp_path) == "http://localhost:5000"
+
+
+def test_new_experiments_keep_artifacts_under_the_project_root(tmp_path):
+    assert orch.artifact_location("sqlite:////x/mlflow.db", "imdb sentiment", tmp_path) == str(
+        tmp_path / "mlruns" / "imdb_sentiment")
+    assert orch.artifact_location("http://mlflow:5000", "imdb", tmp_path) is None

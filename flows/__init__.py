@@ -1,0 +1,1 @@
+"""Prefect flows: the DVC pipeline, batch scoring, and their scheduled deployments."""

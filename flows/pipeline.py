@@ -1,0 +1,180 @@
+"""The training pipeline as a Prefect flow: each DVC stage of dvc.yaml is one task.
+
+DVC decides what is out of date and records what ran (dvc.lock); the flow adds schedules,
+logs, retries for the download, one MLflow parent run that the stages' runs nest under, and
+Prefect artifacts: a table of the stages that ran or were skipped, and the model comparison.
+
+    python flows/pipeline.py [--archs lstm,gru] [--data-source PATH] [--project-root DIR]
+
+With no PREFECT_API_URL set, Prefect starts a temporary local server for the run by itself.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from prefect import Task, flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP_TIMEOUT
+from prefect.settings import temporary_settings
+
+from sentiment_rnn import orchestration as orch
+from sentiment_rnn.errors import UserError
+from sentiment_rnn.tracking import PARENT_RUN_ENV
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARAMS = "params.yaml"
+COMPARISON = Path("reports/comparison.md")  # written by the `compare` stage
+NETWORK_STAGES = {"download"}  # the only stage whose I/O can fail transiently (the hub)
+DOWNLOAD_RETRY_DELAYS = [10.0, 60.0]
+
+
+@task(cache_policy=NO_CACHE)
+def read_stage_graph(root: Path) -> orch.StageGraph:
+    """The stages of dvc.yaml as DVC sees them, so stages added later run too."""
+    return orch.read_graph(root, orch.child_env({}))
+
+
+@task(cache_policy=NO_CACHE)
+def set_data_source(root: Path, source: str) -> None:
+    logger = get_run_logger()
+    if orch.set_param(root / PARAMS, "data.source", source):
+        logger.info("set data.source to %r in %s", source, root / PARAMS)
+    else:
+        logger.info("data.source in %s is already %r", root / PARAMS, source)
+
+
+@task(cache_policy=NO_CACHE)
+def out_of_date_stages(root: Path) -> set[str]:
+    return orch.changed_stages(root, orch.child_env({}))
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{stage}")
+def run_stage(stage: str, root: Path, extra_env: dict[str, str], up_to_date: bool = False) -> str:
+    """`dvc repro --single-item stage`, its output streamed into this task's log.
+
+    A stage that `dvc status` found up to date (and nothing upstream has run since) is not
+    asked again: `dvc repro` would cost a second per stage to say "didn't change, skipping".
+    """
+    logger = get_run_logger()
+    if up_to_date:
+        logger.info("%s: skipped, up to date (dvc status)", stage)
+        return orch.SKIPPED
+    outcome = orch.repro_stage(stage, root, orch.child_env(extra_env), logger.info)
+    logger.info("%s: %s", stage, outcome)
+    return outcome
+
+
+def stage_task(stage: str, root: Path) -> Task[..., str]:
+    """Retries only for a download from the hub: a missing local folder will not reappear."""
+    source = str(orch.read_param(root / PARAMS, "data.source"))
+    if stage in NETWORK_STAGES and orch.is_remote_source(source, root):
+        return run_stage.with_options(retries=len(DOWNLOAD_RETRY_DELAYS),
+                                      retry_delay_seconds=DOWNLOAD_RETRY_DELAYS)
+    return run_stage
+
+
+def run_stages(graph: orch.StageGraph, archs: list[str], changed: set[str], root: Path,
+               extra_env: dict[str, str], outcomes: dict[str, str],
+               details: dict[str, str]) -> None:
+    """Each stage in order, filling `outcomes` as it goes; the first failure stops the run.
+
+    Excluded and blocked stages get no task: they are not part of this run, only of its table.
+    """
+    logger = get_run_logger()
+    for stage in graph.stages:
+        skip = orch.skip_reason(stage, graph, archs, changed, outcomes)
+        if skip is not None and skip[0] != orch.SKIPPED:
+            outcomes[stage], details[stage] = skip
+            logger.info("%s: %s (%s)", stage, *skip)
+            continue
+        start = time.perf_counter()
+        try:
+            outcomes[stage] = stage_task(stage, root)(stage, root, extra_env, skip is not None)
+        except Exception as exc:
+            outcomes[stage], details[stage] = orch.FAILED, str(exc)
+            raise
+        details[stage] = skip[1] if skip else f"dvc repro, {time.perf_counter() - start:.1f} s"
+
+
+def publish(root: Path, graph: orch.StageGraph, outcomes: dict[str, str],
+            details: dict[str, str]) -> None:
+    """The stage table, and the comparison report when the compare stage has written one."""
+    create_table_artifact(table=orch.outcome_table(graph.stages, outcomes, details),
+                          key="pipeline-stages", description="DVC stages: ran, skipped, excluded")
+    comparison = root / COMPARISON
+    if comparison.is_file():
+        create_markdown_artifact(markdown=comparison.read_text(), key="model-comparison",
+                                 description=f"{COMPARISON}, written by the compare stage")
+
+
+@flow(name="sentiment-pipeline")
+def pipeline(archs: list[str] | None = None, data_source: str | None = None,
+             project_root: str | None = None) -> dict[str, str]:
+    """Run the DVC stages in order; returns each stage's outcome (ran, skipped, ...).
+
+    archs: the model families to train (default: all foreach items of dvc.yaml). Per-arch stages
+        (`<stage>@<arch>`) of the others are excluded; a stage over all archs (`compare`) runs
+        only if the excluded archs' stages are up to date, else it is reported as blocked.
+    data_source: if given, written to `data.source` in params.yaml first (comments kept).
+    project_root: the folder with dvc.yaml (default: this repository).
+    """
+    root = Path(project_root).resolve() if project_root else REPO_ROOT
+    graph = read_stage_graph(root)
+    chosen = orch.check_archs(graph, archs)
+    if data_source is not None:
+        set_data_source(root, data_source)
+    changed = out_of_date_stages(root)
+    uri = orch.resolve_tracking_uri(root)
+    experiment = str(orch.read_param(root / PARAMS, "mlflow.experiment"))
+    run_id = orch.open_parent_run(uri, experiment, f"pipeline {flow_run.name or ''}".strip(), {
+        "prefect_flow_run_id": str(flow_run.id), "archs": ",".join(chosen),
+        "data_source": str(orch.read_param(root / PARAMS, "data.source")),
+    }, root)
+    get_run_logger().info("MLflow parent run %s in %s (%s)", run_id, experiment, uri)
+    extra_env = {"MLFLOW_TRACKING_URI": uri, PARENT_RUN_ENV: run_id}
+    outcomes: dict[str, str] = {}
+    details: dict[str, str] = {}
+    try:
+        run_stages(graph, chosen, changed, root, extra_env, outcomes, details)
+    except BaseException:  # interrupted too: the parent run must not stay RUNNING
+        orch.close_parent_run(uri, run_id, outcomes, failed=True)
+        publish(root, graph, outcomes, details)
+        raise
+    orch.close_parent_run(uri, run_id, outcomes, failed=False)
+    publish(root, graph, outcomes, details)
+    return outcomes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Run the DVC pipeline (dvc.yaml) as a Prefect flow, tracked in MLflow.")
+    parser.add_argument("--archs", type=lambda text: [a for a in text.split(",") if a],
+                        help="comma-separated model families, e.g. lstm,gru (default: all)")
+    parser.add_argument("--data-source",
+                        help="set data.source in params.yaml to this hub id or local folder first")
+    parser.add_argument("--project-root", help=f"the folder with dvc.yaml (default: {REPO_ROOT})")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # The temporary server gets 20 s to start by default: too few on two busy cores.
+    startup = {STARTUP_TIMEOUT: max(STARTUP_TIMEOUT.value(), 120)}
+    try:
+        with temporary_settings(updates=startup):
+            outcomes = pipeline(archs=args.archs, data_source=args.data_source,
+                                project_root=args.project_root)
+    except (orch.StageFailed, UserError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    width = max(map(len, outcomes), default=0)
+    print("\n".join(f"{stage:<{width}}  {outcome}" for stage, outcome in outcomes.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
