@@ -96,6 +96,49 @@ def compare(params: ParamsOpt = Path("params.yaml")) -> None:
     )  # fmt: skip
 
 
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="An exported .onnx file, or models:/<name>@<alias> (or /<version>)."
+    )],
+    input_path: Annotated[Path, typer.Option(
+        "--input", "-i", help="Reviews: .csv, .jsonl, .parquet, or .txt (one review per line)."
+    )],
+    output_path: Annotated[Path, typer.Option(
+        "--output", "-o", help="Predictions: .csv, .jsonl or .parquet; its folder must exist."
+    )],
+    text_column: Annotated[str, typer.Option(help="Column (or JSON key) of the review.")] = "text",
+    id_column: Annotated[str | None, typer.Option(
+        help="Column copied to the output `id`; default: the 0-based row number.")] = None,
+    input_format: Annotated[str | None, typer.Option(
+        help="csv, jsonl, parquet or text; default: from the extension.")] = None,
+    output_format: Annotated[str | None, typer.Option(
+        help="csv, jsonl or parquet; default: from the extension.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Reviews per onnxruntime call.")] = 256,
+    chunk_rows: Annotated[int, typer.Option(
+        help="Rows read, length-sorted and scored at a time (bounds memory).")] = 8192,
+    providers: Annotated[str, typer.Option(
+        help="Comma-separated execution providers (cuda, cpu, or full names); "
+             "auto: CUDA when it loads, else CPU.")] = "auto",
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: default).")] = 0,
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="The model's tokenizer.json; default: beside the model, or from its MLflow run."
+    )] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (on a terminal).")] = True,
+) -> None:
+    """Score a file of reviews with an exported ONNX model; one output row per input row."""
+    from sentiment_rnn.predict import run_predict
+
+    summary = run_predict(
+        model, input_path, output_path, tokenizer=tokenizer, threads=threads,
+        providers=[p.strip() for p in providers.split(",") if p.strip()],
+        text_column=text_column, id_column=id_column, input_format=input_format,
+        output_format=output_format, batch_size=batch_size, chunk_rows=chunk_rows,
+        progress=progress,
+    )  # fmt: skip
+    typer.echo(summary.line())
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one-line messages."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

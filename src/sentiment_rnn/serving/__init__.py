@@ -1,0 +1,1 @@
+"""Serving: batch prediction through onnxruntime (model loading, text encoding, file I/O)."""

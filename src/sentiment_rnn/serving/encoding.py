@@ -1,0 +1,105 @@
+"""Text checks and tokenisation for serving, identical to the tokenize stage's `encode`.
+
+Long reviews are encoded from a prefix (or suffix) only: tokenising a 1 MB review in full takes
+seconds, yet only `max_length` tokens survive truncation. The shortcut is exact: pre-tokenisation
+splits on whitespace and punctuation, so tokens that end well before the cut are the same as in
+the full text; when too few such tokens exist the whole text is encoded instead.
+"""
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from sentiment_rnn.tokenize import PAD_ID, UNK_ID
+
+OK = "ok"
+MISSING = "error: missing text"
+EMPTY = "error: empty text"
+NOT_TEXT = "error: not text"
+INVALID_UTF8 = "error: invalid utf-8"
+MALFORMED_JSON = "error: malformed json"
+
+CHARS_PER_TOKEN = 16  # a prefix of 16 chars per kept token almost always holds enough tokens
+# Tokens within this many chars of the cut may differ from the full text's (a split `<br />`).
+CUT_MARGIN = 64
+# Lone surrogates mark bytes that were not UTF-8 (decoded with errors="surrogateescape").
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_status(value: object) -> str:
+    """`ok` for a scorable review, else the error status its output row carries."""
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
+        return MISSING
+    if not isinstance(value, str):
+        return NOT_TEXT
+    if _SURROGATE.search(value):
+        return INVALID_UTF8
+    if not value.strip():
+        return EMPTY
+    return OK
+
+
+@dataclass
+class EncodedTexts:
+    """Token ids per text (already truncated) and whether truncation dropped tokens."""
+
+    ids: list[list[int]]
+    truncated: np.ndarray  # (N,) bool
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(row) for row in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def _cut(text: str, chars: int, side: str) -> str:
+    return text[:chars] if side == "right" else text[-chars:]
+
+
+def _exact_from_cut(enc_ids: list[int], offsets: list[tuple[int, int]], cut_len: int,
+                    max_length: int, side: str) -> list[int] | None:
+    """The kept tokens if the cut text provably yields them (and more), else None."""
+    if side == "right":
+        limit = cut_len - CUT_MARGIN
+        safe = [i for i, (_, end) in zip(enc_ids, offsets, strict=True) if end <= limit]
+        return safe[:max_length] if len(safe) > max_length else None
+    safe = [i for i, (start, _) in zip(enc_ids, offsets, strict=True) if start >= CUT_MARGIN]
+    return safe[-max_length:] if len(safe) > max_length else None
+
+
+def encode_texts(tok: Tokenizer, texts: list[str], max_length: int,
+                 side: str = "right") -> EncodedTexts:
+    """Tokenise valid texts like `tokenize.encode`: no special tokens, empty -> [UNK], truncated."""
+    budget = CHARS_PER_TOKEN * max_length + CUT_MARGIN
+    is_cut = [len(t) > budget for t in texts]
+    encodings = tok.encode_batch(
+        [_cut(t, budget, side) if c else t for t, c in zip(texts, is_cut, strict=True)],
+        add_special_tokens=False,
+    )
+    ids: list[list[int]] = []
+    truncated = np.zeros(len(texts), dtype=bool)
+    for i, enc in enumerate(encodings):
+        if is_cut[i]:
+            cut_len = min(len(texts[i]), budget)
+            kept = _exact_from_cut(enc.ids, enc.offsets, cut_len, max_length, side)
+            if kept is not None:
+                ids.append(kept)
+                truncated[i] = True
+                continue
+            enc = tok.encode(texts[i], add_special_tokens=False)  # too few tokens in the cut
+        row = enc.ids or [UNK_ID]
+        truncated[i] = len(row) > max_length
+        ids.append(row[:max_length] if side == "right" else row[-max_length:])
+    return EncodedTexts(ids, truncated)
+
+
+def pad_batch(rows: list[list[int]], pad_id: int = PAD_ID) -> tuple[np.ndarray, np.ndarray]:
+    """(B, T_max) int64 ids padded with `pad_id`, and (B,) int64 lengths."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    ids = np.full((len(rows), int(lengths.max())), pad_id, dtype=np.int64)
+    # Row-major boolean assignment fills each row's first `length` slots in order.
+    ids[np.arange(ids.shape[1]) < lengths[:, None]] = np.fromiter(
+        (t for r in rows for t in r), dtype=np.int64, count=int(lengths.sum())
+    )
+    return ids, lengths
