@@ -324,9 +324,17 @@ def serving_requirements() -> list[str]:
 
 
 def log_and_register(
-    proto: onnx.ModelProto, registered_name: str, example: ParityBatch, tags: dict[str, str]
+    proto: onnx.ModelProto,
+    registered_name: str,
+    example: ParityBatch,
+    tags: dict[str, str],
+    extra_files: list[Path] | None = None,
 ) -> int:
-    """Log the graph to the active MLflow run, register it; returns the new version number."""
+    """Log the graph to the active MLflow run, register it; returns the new version number.
+
+    `extra_files` (the tokenizer) travel inside the logged model, so a registry URI alone
+    is enough to serve it.
+    """
     import mlflow
     import mlflow.onnx
 
@@ -334,6 +342,7 @@ def log_and_register(
         proto, name="onnx-model", signature=signature(), input_example=example.feed(),
         registered_model_name=registered_name, save_as_external_data=False,
         pip_requirements=serving_requirements(),
+        extra_files=[str(p) for p in extra_files] if extra_files else None,
     )  # fmt: skip
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
@@ -448,9 +457,12 @@ def run_export(
     name = f"{registered_model_prefix}-{arch}"
     with tracking.resume_run(paths.run_file(arch), experiment) as run:
         tracking.setup(experiment).log_metrics(export_metrics(report))
-        version = log_and_register(proto, name, parity_example(test.ids, test.lengths), {
-            "arch": arch, "tokenizer_sha256": info.tokenizer_sha256, "source_run": run.info.run_id,
-        })  # fmt: skip
+        tags = {"arch": arch, "tokenizer_sha256": info.tokenizer_sha256,
+                "source_run": run.info.run_id}  # fmt: skip
+        example = parity_example(test.ids, test.lengths)
+        version = log_and_register(
+            proto, name, example, tags, [tokenizer_copy_path(paths.MODELS_DIR, arch)]
+        )
         champion = update_champion(name)
     report |= {"registered_model": name, "model_version": version, "champion_version": champion}
     write_json(paths.METRICS_DIR / f"export-{arch}.json", report)

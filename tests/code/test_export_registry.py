@@ -162,6 +162,10 @@ def test_export_registers_the_champion_in_the_training_run(
     assert metrics["export/onnx_bytes"] == lstm_report["onnx_bytes"]
     loaded = mlflow.onnx.load_model(f"models:/{name}@champion")
     assert {p.key: p.value for p in loaded.metadata_props}["mlflow_run_id"] == run_id
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))
+    tokenizers = list(folder.rglob("*tokenizer.json"))  # logged with the model: self-contained
+    assert [t.name for t in tokenizers] == ["lstm.tokenizer.json"]
+    assert tokenizers[0].read_bytes() == (project / "data/tokens/tokenizer.json").read_bytes()
 
 
 def test_export_refuses_mismatched_settings_and_unknown_arch(project: Path) -> None:
