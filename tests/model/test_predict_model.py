@@ -1,0 +1,135 @@
+"""Batch prediction against the source model: same probabilities as torch, in input order.
+
+Tiny randomly initialised models (the weights do not matter for agreement), exported with the
+export stage's functions and served through real onnxruntime sessions.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from sentiment_rnn.model import SentimentRNN, predict_proba
+from sentiment_rnn.predict import predict_file
+from sentiment_rnn.serving.onnx_model import load_model
+from sentiment_rnn.tokenize import encode
+from tests.conftest import synthetic_reviews
+from tests.model.predict_helpers import make_model, make_tokenizer
+
+MAX_LENGTH = 12  # short, so that many synthetic reviews are truncated
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Reviews of mixed lengths in an order unrelated to length, with string ids."""
+    frame = synthetic_reviews(90, seed=11)
+    frame.loc[7, "text"] = "fun"  # one token
+    frame.loc[8, "text"] = " ".join(frame["text"][:40])  # far beyond MAX_LENGTH
+    frame.insert(0, "review_id", [f"id-{i}" for i in range(len(frame))])
+    path = tmp_path_factory.mktemp("reviews") / "reviews.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def torch_probabilities(model: SentimentRNN, tokenizer: Path, texts: list[str], side: str
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The source model on the tokenize stage's encoding: (probabilities, truncated)."""
+    ids, lengths, full = encode(Tokenizer.from_file(str(tokenizer)), texts, MAX_LENGTH, side)
+    steps = int(lengths.max())
+    probs = predict_proba(model, torch.from_numpy(ids[:, :steps].astype(np.int64)),
+                          torch.from_numpy(lengths))
+    return probs.numpy(), full > MAX_LENGTH
+
+
+@pytest.mark.parametrize("arch,side", [("rnn", "right"), ("lstm", "right"), ("gru", "right"),
+                                       ("lstm", "left")])
+def test_predictions_equal_torch_in_input_order(
+    tmp_path: Path, tokenizer_file: Path, reviews: Path, arch: str, side: str
+) -> None:
+    onnx_file, torch_model = make_model(tmp_path, tokenizer_file, arch, MAX_LENGTH, side)
+    model = load_model(str(onnx_file), providers=["cpu"], threads=1)
+    out = tmp_path / "out.parquet"
+    summary = predict_file(model, reviews, out, id_column="review_id", batch_size=7,
+                           chunk_rows=32, progress=False)
+    got = pq.read_table(out).to_pandas()
+    frame = pd.read_parquet(reviews)
+    want, truncated = torch_probabilities(torch_model, tokenizer_file, frame["text"].tolist(), side)
+
+    assert got["id"].tolist() == frame["review_id"].tolist()
+    np.testing.assert_allclose(got["probability"], want, atol=1e-5)
+    assert got["truncated"].tolist() == truncated.tolist()
+    assert 0 < truncated.sum() < len(frame) and summary.truncated == truncated.sum()
+    assert summary.ok == len(frame)
+
+
+def test_truncation_side_changes_what_is_scored(tmp_path: Path, tokenizer_file: Path) -> None:
+    """A long review scores differently when its start or its end is kept."""
+    text = " ".join(synthetic_reviews(30, seed=4)["text"])
+    src = tmp_path / "one.txt"
+    src.write_text(text + "\n")
+    probs = {}
+    for side in ("right", "left"):
+        onnx_file, _ = make_model(tmp_path / side, tokenizer_file, "gru", MAX_LENGTH, side)
+        model = load_model(str(onnx_file), providers=["cpu"], threads=1)
+        predict_file(model, src, tmp_path / f"{side}.parquet", progress=False)
+        row = pq.read_table(tmp_path / f"{side}.parquet").to_pylist()[0]
+        assert row["truncated"] is True
+        probs[side] = row["probability"]
+    assert abs(probs["right"] - probs["left"]) > 1e-6
+
+
+def test_batch_size_and_chunking_do_not_change_scores(
+    tmp_path: Path, tokenizer_file: Path, reviews: Path
+) -> None:
+    onnx_file, _ = make_model(tmp_path, tokenizer_file, "lstm", MAX_LENGTH)
+    model = load_model(str(onnx_file), providers=["cpu"], threads=1)
+    results = []
+    for batch_size, chunk_rows in ((1, 1), (5, 13), (512, 8192)):
+        out = tmp_path / f"out-{batch_size}.parquet"
+        predict_file(model, reviews, out, batch_size=batch_size, chunk_rows=chunk_rows,
+                     progress=False)
+        results.append(pq.read_table(out).column("probability").to_numpy())
+    np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+    np.testing.assert_allclose(results[0], results[2], atol=1e-6)
+
+
+def test_registry_uri_finds_the_model_and_its_tokenizer(
+    tmp_path: Path, tokenizer_file: Path, reviews: Path, mlflow_store: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`models:/<name>@<alias>`: tokenizer from the model folder, or else from the model's run."""
+    import mlflow
+    import mlflow.onnx
+    import onnx
+
+    onnx_file, _ = make_model(tmp_path / "m", tokenizer_file, "gru", MAX_LENGTH)
+    mlflow.set_tracking_uri(mlflow_store)
+    client = mlflow.MlflowClient()
+    with mlflow.start_run():  # v1: the tokenizer is a run artifact
+        mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="onnx-model",
+                              registered_model_name="tiny", save_as_external_data=False)
+        mlflow.log_artifact(str(tokenizer_file), "tokenizer")
+    with mlflow.start_run():  # v2: the tokenizer travels inside the model folder
+        mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="onnx-model",
+                              registered_model_name="tiny", save_as_external_data=False,
+                              extra_files=[str(tokenizer_file)])
+    client.set_registered_model_alias("tiny", "champion", "1")
+    monkeypatch.chdir(tmp_path)  # no project tokenizer to fall back on here
+
+    reference = load_model(str(onnx_file), providers=["cpu"], threads=1)
+    predict_file(reference, reviews, tmp_path / "ref.parquet", progress=False)
+    for uri in ("models:/tiny@champion", "models:/tiny/2"):
+        model = load_model(uri, providers=["cpu"], threads=1)
+        assert model.source == uri and model.meta.arch == "gru"
+        predict_file(model, reviews, tmp_path / "out.parquet", progress=False)
+        np.testing.assert_allclose(pq.read_table(tmp_path / "out.parquet").column("probability"),
+                                   pq.read_table(tmp_path / "ref.parquet").column("probability"))
