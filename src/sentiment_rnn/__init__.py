@@ -1,3 +1,3 @@
-"""IMDB sentiment with recurrent models: DVC stages, Prefect flows, MLflow tracking, ONNX serving."""
+"""IMDB sentiment with recurrent models: DVC stages, Prefect flows, MLflow, ONNX serving."""
 
 __version__ = "0.1.0"

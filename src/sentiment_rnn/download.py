@@ -73,7 +73,9 @@ def _load_hub(source: str) -> Any:
     try:
         huggingface_hub.HfApi().dataset_info(source, timeout=10)
     except RepositoryNotFoundError:
-        raise UserError(f"no dataset '{source}' on the Hugging Face hub: check data.source") from None
+        raise UserError(
+            f"no dataset '{source}' on the Hugging Face hub: check data.source"
+        ) from None
     except Exception as exc:  # any other failure here means the hub is unusable
         raise UserError(
             f"cannot reach the Hugging Face hub for '{source}' ({type(exc).__name__}); "

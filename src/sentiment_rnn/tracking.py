@@ -55,8 +55,19 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[
 @contextmanager
 def resume_run(run_file: str | Path, experiment: str) -> Iterator[Any]:
     """Reopen the run that trained a model (its id is in `run_file`), for evaluate and export."""
+    from mlflow.exceptions import MlflowException
+
+    from sentiment_rnn.errors import UserError
+
     mlflow = setup(experiment)
     run_id = read_run_id(run_file)
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        raise UserError(
+            f"MLflow run {run_id} (from {run_file}) is not in the tracking store {tracking_uri()}: "
+            "set MLFLOW_TRACKING_URI to the store the model was trained with, or retrain"
+        ) from None
     with mlflow.start_run(run_id=run_id) as run:
         yield run
 

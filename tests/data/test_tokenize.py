@@ -59,7 +59,11 @@ def test_encode_pads_truncates_and_keeps_full_lengths(side: str) -> None:
 
 
 def test_stage_writes_arrays_and_metrics(tmp_path: Path) -> None:
-    raw = _raw(tmp_path, ["a good film with a plot"] * 30, ["a film", "good good good good good good good good good"])
+    raw = _raw(
+        tmp_path,
+        ["a good film with a plot"] * 30,
+        ["a film", "good good good good good good good good good"],
+    )
     metrics = run_tokenize(CFG, raw, tmp_path / "tokens", tmp_path / "tok.json")
     test = load_encoded(tmp_path / "tokens/test.npz")
     assert test.ids.shape == (2, 8) and test.labels.tolist() == [0, 1]

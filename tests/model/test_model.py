@@ -40,18 +40,22 @@ def _padded(rows: list[list[int]], extra: int = 0) -> tuple[torch.Tensor, torch.
     pooling=st.sampled_from(["last", "mean", "max", "meanmax"]),
     bidirectional=st.booleans(),
     num_layers=st.integers(1, 2),
-    rows=st.lists(st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=12), min_size=1, max_size=6),
+    rows=st.lists(
+        st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=12), min_size=1, max_size=6
+    ),
     extra=st.integers(0, 5),
     garbage=st.integers(1, VOCAB - 1),
 )
-def test_logit_ignores_batch_and_padding(arch, pooling, bidirectional, num_layers, rows, extra, garbage) -> None:
+def test_logit_ignores_batch_and_padding(
+    arch, pooling, bidirectional, num_layers, rows, extra, garbage
+) -> None:
     model = _model(arch=arch, pooling=pooling, bidirectional=bidirectional, num_layers=num_layers)
     ids, lengths = _padded(rows, extra)
     # Padding positions hold arbitrary ids: nothing past a review's length may reach its logit.
     ids[torch.arange(ids.shape[1])[None] >= lengths[:, None]] = garbage
     with torch.no_grad():
         batched = model(ids, lengths)
-        alone = torch.stack([model(*_padded([r])) [0] for r in rows])
+        alone = torch.stack([model(*_padded([r]))[0] for r in rows])
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
 
 
@@ -70,7 +74,11 @@ def test_textbook_cells_equal_torch_cells(ours, theirs) -> None:
     cell = ours(7, 5).copy_from(reference)
     x = torch.randn(4, 7)
     state = cell.init_state(4, x)
-    state = tuple(torch.randn_like(s) for s in state) if isinstance(state, tuple) else torch.randn_like(state)
+    state = (
+        tuple(torch.randn_like(s) for s in state)
+        if isinstance(state, tuple)
+        else torch.randn_like(state)
+    )
     for _ in range(3):  # a few steps, feeding the state back
         expected = reference(x, state)
         state = cell(x, state)
@@ -105,7 +113,9 @@ def test_save_load_round_trip(tmp_path) -> None:
     save_model(model, tmp_path / "m.pt", {"best_val_acc": 0.5})
     loaded, extra = load_model(tmp_path / "m.pt")
     ids, lengths = _padded([[3, 4, 5], [6]])
-    torch.testing.assert_close(predict_proba(loaded, ids, lengths), predict_proba(model, ids, lengths))
+    torch.testing.assert_close(
+        predict_proba(loaded, ids, lengths), predict_proba(model, ids, lengths)
+    )
     assert extra == {"best_val_acc": 0.5} and loaded.cfg == model.cfg
 
 

@@ -21,7 +21,9 @@ CFG = TrainConfig(epochs=3, batch_size=16, lr=0.01, patience=5, seed=0, device="
 
 def _data(project: Path) -> tuple[TokenDataset, TokenDataset]:
     tokens = project / "data/tokens"
-    return TokenDataset(load_encoded(tokens / "train.npz")), TokenDataset(load_encoded(tokens / "val.npz"))
+    return TokenDataset(load_encoded(tokens / "train.npz")), TokenDataset(
+        load_encoded(tokens / "val.npz")
+    )
 
 
 def _model(arch: str = "gru") -> SentimentRNN:
@@ -44,7 +46,9 @@ def test_training_is_deterministic(tokenized_project: Path) -> None:
         torch.testing.assert_close(v, b.state_dict()[k], atol=0, rtol=0)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tokenized_project: Path, tmp_path: Path) -> None:
+def test_resume_after_kill_matches_uninterrupted_run(
+    tokenized_project: Path, tmp_path: Path
+) -> None:
     train, val = _data(tokenized_project)
     full = _model()
     expected = fit(full, train, val, CFG)
@@ -66,7 +70,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tokenized_project: Path, tm
         torch.testing.assert_close(resumed_model.state_dict()[k], v, atol=0, rtol=0)
 
 
-def test_checkpoint_of_another_configuration_is_ignored(tokenized_project: Path, tmp_path: Path) -> None:
+def test_checkpoint_of_another_configuration_is_ignored(
+    tokenized_project: Path, tmp_path: Path
+) -> None:
     train, val = _data(tokenized_project)
     checkpoint = tmp_path / "ckpt.pt"
     fit(_model(), train, val, replace(CFG, epochs=1), checkpoint)
@@ -95,7 +101,9 @@ def test_unknown_train_option() -> None:
         TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
 
 
-def test_stage_logs_one_run_to_mlflow(tokenized_project: Path, tmp_path: Path, mlflow_store: str) -> None:
+def test_stage_logs_one_run_to_mlflow(
+    tokenized_project: Path, tmp_path: Path, mlflow_store: str
+) -> None:
     project = tmp_path / "p"
     import shutil
 
@@ -116,5 +124,7 @@ def test_stage_logs_one_run_to_mlflow(tokenized_project: Path, tmp_path: Path, m
     assert {"plots", "model", "model_config.json"} <= artifacts
     assert run.data.tags["arch"] == "rnn" and run.data.tags["device"] == "cpu"
     metrics = json.loads((project / "reports/metrics/train-rnn.json").read_text())
-    assert metrics["epochs_run"] == 1 and (project / "reports/plots/train-rnn.png").stat().st_size > 0
+    assert (
+        metrics["epochs_run"] == 1 and (project / "reports/plots/train-rnn.png").stat().st_size > 0
+    )
     assert not (project / "checkpoints/rnn.pt").exists()
