@@ -120,7 +120,11 @@ def predict(
     providers: Annotated[str, typer.Option(
         help="Comma-separated execution providers (cuda, cpu, or full names); "
              "auto: CUDA when it loads, else CPU.")] = "auto",
-    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: default).")] = 0,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads (0: its default).")] = 0,
+    parallel: Annotated[bool, typer.Option(
+        help="Run independent nodes (the two directions) at once, one thread each.")] = False,
+    int8: Annotated[bool, typer.Option(
+        help="Serve an int8 dynamically quantized copy (made on the fly).")] = False,
     tokenizer: Annotated[Path | None, typer.Option(
         help="The model's tokenizer.json; default: beside the model, or from its MLflow run."
     )] = None,
@@ -130,7 +134,8 @@ def predict(
     from sentiment_rnn.predict import run_predict
 
     summary = run_predict(
-        model, input_path, output_path, tokenizer=tokenizer, threads=threads,
+        model, input_path, output_path, tokenizer=tokenizer, threads=threads, parallel=parallel,
+        int8=int8,
         providers=[p.strip() for p in providers.split(",") if p.strip()],
         text_column=text_column, id_column=id_column, input_format=input_format,
         output_format=output_format, batch_size=batch_size, chunk_rows=chunk_rows,

@@ -10,6 +10,7 @@ an `error: ...` and no prediction for a row that cannot be scored). Duplicate id
 file beside the target and renamed at the end: a failed run leaves nothing under its name.
 """
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -36,8 +37,11 @@ from sentiment_rnn.serving.io import (
 )
 from sentiment_rnn.serving.onnx_model import ServingMeta
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_CHUNK_ROWS = 8192
+PROGRESS_LOG_SECONDS = 30.0  # a log line this often, for runs where no bar is seen (Prefect)
 
 
 class ScoringModel(Protocol):
@@ -228,7 +232,7 @@ def predict_file(
     schema = output_schema(id_column is not None)
     summary = PredictSummary(str(input_path), str(output_path), model.provider)
     duplicates = DuplicateIds()
-    start = time.perf_counter()
+    start = logged = time.perf_counter()
     bar = tqdm(total=_row_total(input_path, in_fmt), unit="rows", unit_scale=True,
                desc=f"predict {input_path.name}", dynamic_ncols=True, mininterval=0.5,
                disable=None if progress else True)
@@ -242,6 +246,10 @@ def predict_file(
                 if chunk.ids is not None:
                     duplicates.add(chunk.ids)
                 bar.update(len(chunk))
+                if time.perf_counter() - logged > PROGRESS_LOG_SECONDS:
+                    logged = time.perf_counter()
+                    log.info("scored %d rows, %.0f rows/s", summary.rows,
+                             summary.rows / (logged - start))
         finally:
             writer.close()
         _readable_by_others(tmp)
@@ -258,10 +266,12 @@ def run_predict(
     tokenizer: Path | None = None,
     providers: Sequence[str] | None = None,
     threads: int = 0,
+    parallel: bool = False,
+    int8: bool = False,
     **options: Any,
 ) -> PredictSummary:
     """The command's entry: load the model (a file or a `models:/` URI), then score."""
     from sentiment_rnn.serving.onnx_model import load_model
 
-    return predict_file(load_model(model, tokenizer, providers, threads), input_path, output_path,
-                        **options)
+    scoring_model = load_model(model, tokenizer, providers, threads, parallel=parallel, int8=int8)
+    return predict_file(scoring_model, input_path, output_path, **options)

@@ -28,11 +28,12 @@ def make_tokenizer(path: Path, vocab_size: int = 200) -> Path:
 
 def make_model(folder: Path, tokenizer: Path, arch: str = "lstm", max_length: int = 32,
                truncation_side: str = "right", seed: int = 0, name: str | None = None,
-               hidden: int = 16) -> tuple[Path, SentimentRNN]:
+               hidden: int = 16, bidirectional: bool = True) -> tuple[Path, SentimentRNN]:
     """A randomly initialised tiny model as `<folder>/<name>.onnx` + its tokenizer copy."""
     torch.manual_seed(seed)
     vocab = json.loads(tokenizer.read_text())["model"]["vocab"]
-    cfg = ModelConfig(arch=arch, vocab_size=len(vocab), embed_dim=hidden, hidden_size=hidden)
+    cfg = ModelConfig(arch=arch, vocab_size=len(vocab), embed_dim=hidden, hidden_size=hidden,
+                      bidirectional=bidirectional)
     model = SentimentRNN(cfg).eval()
     info = ServingInfo(arch=arch, tokenizer_sha256=tokenizer_sha256(tokenizer),
                        max_length=max_length, truncation_side=truncation_side,

@@ -133,3 +133,51 @@ def test_registry_uri_finds_the_model_and_its_tokenizer(
         predict_file(model, reviews, tmp_path / "out.parquet", progress=False)
         np.testing.assert_allclose(pq.read_table(tmp_path / "out.parquet").column("probability"),
                                    pq.read_table(tmp_path / "ref.parquet").column("probability"))
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_rnn_rewrite_is_the_same_function(tmp_path: Path, tokenizer_file: Path,
+                                          bidirectional: bool) -> None:
+    """RNN nodes served as Scan give the RNN op's outputs at every batch and length."""
+    import onnx
+    import onnxruntime as ort
+
+    from sentiment_rnn.serving.optimize import rnn_to_scan
+
+    onnx_file, _ = make_model(tmp_path, tokenizer_file, "rnn", MAX_LENGTH,
+                              bidirectional=bidirectional)
+    proto, rewritten = rnn_to_scan(onnx.load(str(onnx_file)))
+    assert rewritten == (2 if bidirectional else 1)
+    assert "RNN" not in {n.op_type for n in proto.graph.node}
+    original = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    fast = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch, steps in ((1, 1), (3, 7), (8, 30)):
+        lengths = rng.integers(1, steps + 1, batch)
+        lengths[0] = steps
+        feed = {"token_ids": rng.integers(0, 100, (batch, steps)), "lengths": lengths}
+        np.testing.assert_allclose(fast.run(None, feed)[1], original.run(None, feed)[1], atol=1e-5)
+    lstm, _ = make_model(tmp_path / "lstm", tokenizer_file, "lstm", MAX_LENGTH)
+    assert rnn_to_scan(onnx.load(str(lstm)))[1] == 0  # fused LSTM / GRU kernels are kept
+
+
+def test_int8_and_parallel_serving_stay_close_to_fp32(
+    tmp_path: Path, tokenizer_file: Path, reviews: Path
+) -> None:
+    """Serving options: parallel execution is exact; int8 moves probabilities only slightly."""
+    from sentiment_rnn.serving.quantize import QUANTIZATION_KEY, quantize_int8
+
+    onnx_file, _ = make_model(tmp_path, tokenizer_file, "lstm", MAX_LENGTH)
+    outputs = {}
+    for name, options in {"fp32": {}, "parallel": {"parallel": True},
+                          "int8": {"int8": True}}.items():
+        model = load_model(str(onnx_file), providers=["cpu"], threads=1, **options)
+        predict_file(model, reviews, tmp_path / f"{name}.parquet", progress=False)
+        outputs[name] = pq.read_table(tmp_path / f"{name}.parquet").column("probability").to_numpy()
+    np.testing.assert_allclose(outputs["parallel"], outputs["fp32"], atol=1e-6)
+    gap = np.abs(outputs["int8"] - outputs["fp32"])
+    assert 0 < gap.max() < 0.05  # really quantized, and still close
+    int8_file = quantize_int8(onnx_file, tmp_path / "lstm.int8.onnx")
+    assert int8_file.stat().st_size < onnx_file.stat().st_size
+    quantized = load_model(str(int8_file), providers=["cpu"])  # finds lstm.tokenizer.json
+    assert quantized.session.get_modelmeta().custom_metadata_map[QUANTIZATION_KEY] == "int8-dynamic"
