@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from sentiment_rnn import orchestration
 from tests.conftest import tiny_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,8 @@ def build_dvc_project(root: Path, source: Path, epochs: int = 1) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__"))
     params = project_params(source, epochs)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "--quiet"], ["dvc", "init", "--quiet"]):
+    dvc = orchestration.dvc_command(orchestration.child_env({}))  # this venv's, not PATH's
+    for cmd in (["git", "init", "--quiet"], [dvc, "init", "--quiet"]):
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
     return root
 
