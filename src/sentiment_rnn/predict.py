@@ -116,7 +116,7 @@ class DuplicateIds:
         return len(hashes) - len(np.unique(hashes))
 
 
-def infer_sorted(model: ScoringModel, rows: list[list[int]], batch_size: int) -> np.ndarray:
+def infer_sorted(model: ScoringModel, rows: list[np.ndarray], batch_size: int) -> np.ndarray:
     """Probabilities in the order of `rows`, computed over length-sorted batches."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     order = np.argsort(lengths, kind="stable")

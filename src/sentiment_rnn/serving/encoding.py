@@ -41,11 +41,14 @@ def text_status(value: object) -> str:
     return OK
 
 
+ENCODE_SLICE = 512  # texts per encode_batch call: tokenizers' Encoding objects are heavy
+
+
 @dataclass
 class EncodedTexts:
-    """Token ids per text (already truncated) and whether truncation dropped tokens."""
+    """Token ids per text (already truncated, int32) and whether truncation dropped tokens."""
 
-    ids: list[list[int]]
+    ids: list[np.ndarray]
     truncated: np.ndarray  # (N,) bool
 
     @property
@@ -68,38 +71,43 @@ def _exact_from_cut(enc_ids: list[int], offsets: list[tuple[int, int]], cut_len:
     return safe[-max_length:] if len(safe) > max_length else None
 
 
-def encode_texts(tok: Tokenizer, texts: list[str], max_length: int,
-                 side: str = "right") -> EncodedTexts:
-    """Tokenise valid texts like `tokenize.encode`: no special tokens, empty -> [UNK], truncated."""
+def _encode_slice(tok: Tokenizer, texts: list[str], max_length: int, side: str,
+                  ids: list[np.ndarray], truncated: list[bool]) -> None:
+    """Encode `texts`, appending each one's kept ids and truncation flag."""
     budget = CHARS_PER_TOKEN * max_length + CUT_MARGIN
     is_cut = [len(t) > budget for t in texts]
     encodings = tok.encode_batch(
         [_cut(t, budget, side) if c else t for t, c in zip(texts, is_cut, strict=True)],
         add_special_tokens=False,
     )
-    ids: list[list[int]] = []
-    truncated = np.zeros(len(texts), dtype=bool)
-    for i, enc in enumerate(encodings):
-        if is_cut[i]:
-            cut_len = min(len(texts[i]), budget)
-            kept = _exact_from_cut(enc.ids, enc.offsets, cut_len, max_length, side)
+    for text, cut, enc in zip(texts, is_cut, encodings, strict=True):
+        if cut:
+            kept = _exact_from_cut(enc.ids, enc.offsets, budget, max_length, side)
             if kept is not None:
-                ids.append(kept)
-                truncated[i] = True
+                ids.append(np.asarray(kept, dtype=np.int32))
+                truncated.append(True)
                 continue
-            enc = tok.encode(texts[i], add_special_tokens=False)  # too few tokens in the cut
+            enc = tok.encode(text, add_special_tokens=False)  # too few tokens in the cut
         row = enc.ids or [UNK_ID]
-        truncated[i] = len(row) > max_length
-        ids.append(row[:max_length] if side == "right" else row[-max_length:])
-    return EncodedTexts(ids, truncated)
+        truncated.append(len(row) > max_length)
+        ids.append(np.asarray(row[:max_length] if side == "right" else row[-max_length:],
+                              dtype=np.int32))
 
 
-def pad_batch(rows: list[list[int]], pad_id: int = PAD_ID) -> tuple[np.ndarray, np.ndarray]:
+def encode_texts(tok: Tokenizer, texts: list[str], max_length: int,
+                 side: str = "right") -> EncodedTexts:
+    """Tokenise valid texts like `tokenize.encode`: no special tokens, empty -> [UNK], truncated."""
+    ids: list[np.ndarray] = []
+    truncated: list[bool] = []
+    for start in range(0, len(texts), ENCODE_SLICE):
+        _encode_slice(tok, texts[start : start + ENCODE_SLICE], max_length, side, ids, truncated)
+    return EncodedTexts(ids, np.array(truncated, dtype=bool))
+
+
+def pad_batch(rows: list[np.ndarray], pad_id: int = PAD_ID) -> tuple[np.ndarray, np.ndarray]:
     """(B, T_max) int64 ids padded with `pad_id`, and (B,) int64 lengths."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     ids = np.full((len(rows), int(lengths.max())), pad_id, dtype=np.int64)
     # Row-major boolean assignment fills each row's first `length` slots in order.
-    ids[np.arange(ids.shape[1]) < lengths[:, None]] = np.fromiter(
-        (t for r in rows for t in r), dtype=np.int64, count=int(lengths.sum())
-    )
+    ids[np.arange(ids.shape[1]) < lengths[:, None]] = np.concatenate(rows)
     return ids, lengths
