@@ -188,12 +188,13 @@ def stream_lines(cmd: list[str], cwd: Path, env: dict[str, str],
 
 
 def run_dvc(args: list[str], root: Path, env: dict[str, str]) -> str:
-    """A DVC command whose output the flow reads (not a stage): stdout, or StageFailed."""
+    """A DVC command whose output the flow reads (not a stage): its stdout, or a UserError
+    with DVC's message (e.g. no dvc.yaml in `root`, or an invalid one)."""
     out = subprocess.run([dvc_command(env), *args], cwd=root, env=env, capture_output=True,
                          text=True, stdin=subprocess.DEVNULL)
     if out.returncode != 0:
         message = " ".join((out.stderr or out.stdout).split()) or f"exit status {out.returncode}"
-        raise StageFailed(f"dvc {args[0]}", message)
+        raise UserError(f"`dvc {' '.join(args)}` failed in {root}: {message}")
     return out.stdout
 
 

@@ -181,3 +181,8 @@ def test_new_experiments_keep_artifacts_under_the_project_root(tmp_path):
     assert orch.artifact_location("sqlite:////x/mlflow.db", "imdb sentiment", tmp_path) == str(
         tmp_path / "mlruns" / "imdb_sentiment")
     assert orch.artifact_location("http://mlflow:5000", "imdb", tmp_path) is None
+
+
+def test_a_folder_without_dvc_yaml_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="`dvc dag --dot` failed in"):
+        orch.read_graph(tmp_path, orch.child_env({}))
