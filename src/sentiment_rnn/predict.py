@@ -159,7 +159,8 @@ def chunk_table(chunk: Chunk, scored: ScoredChunk, labels: tuple[str, str],
     """The output rows of one chunk; error rows have null label, probability and truncated."""
     failed = np.array([s != OK for s in scored.status], dtype=bool)
     ids = chunk.ids if chunk.ids is not None else np.arange(len(chunk)) + chunk.first_row
-    label = np.where(scored.probability >= 0.5, labels[1], labels[0]).astype(object)
+    # logit > 0, as the training accuracy counts it (sigmoid(0) = 0.5 is negative)
+    label = np.where(scored.probability > 0.5, labels[1], labels[0]).astype(object)
     label[failed] = None
     return pa.table([
         pa.array(ids, schema.field("id").type),

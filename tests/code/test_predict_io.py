@@ -92,7 +92,7 @@ def test_every_input_format_gives_the_same_predictions(
     assert summary.rows == summary.ok == len(reviews) == reference.rows
     assert got["id"].tolist() == list(range(len(reviews)))  # row numbers, in input order
     np.testing.assert_allclose(got["probability"], want["probability"], atol=1e-6)
-    assert (got["label"] == np.where(got["probability"] >= 0.5, "positive", "negative")).all()
+    assert (got["label"] == np.where(got["probability"] > 0.5, "positive", "negative")).all()
     assert (got["status"] == "ok").all()
 
 

@@ -14,6 +14,7 @@ The tokenizer's sha256 must equal the model's `tokenizer_sha256` metadata, or it
 
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -268,6 +269,7 @@ def download_registered(uri: str, dst: Path) -> tuple[Path, Path | None]:
     from sentiment_rnn import tracking
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars: noise
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst / "m"))
         folder = Path(local)
