@@ -127,19 +127,13 @@ def pipeline(archs: list[str] | None = None, data_source: str | None = None,
     chosen = orch.check_archs(graph, archs)
     if data_source is not None:
         set_data_source(root, data_source)
-    changed = out_of_date_stages(root)
-    uri = orch.resolve_tracking_uri(root)
-    experiment = str(orch.read_param(root / PARAMS, "mlflow.experiment"))
-    run_id = orch.open_parent_run(uri, experiment, f"pipeline {flow_run.name or ''}".strip(), {
-        "prefect_flow_run_id": str(flow_run.id), "archs": ",".join(chosen),
-        "data_source": str(orch.read_param(root / PARAMS, "data.source")),
-    }, root)
-    get_run_logger().info("MLflow parent run %s in %s (%s)", run_id, experiment, uri)
+    changed = out_of_date_stages.submit(root)  # DVC works while MLflow is imported, below
+    uri, run_id = open_parent_run(root, chosen)
     extra_env = {"MLFLOW_TRACKING_URI": uri, PARENT_RUN_ENV: run_id}
     outcomes: dict[str, str] = {}
     details: dict[str, str] = {}
     try:
-        run_stages(graph, chosen, changed, root, extra_env, outcomes, details)
+        run_stages(graph, chosen, changed.result(), root, extra_env, outcomes, details)
     except BaseException:  # interrupted too: the parent run must not stay RUNNING
         orch.close_parent_run(uri, run_id, outcomes, failed=True)
         publish(root, graph, outcomes, details)
@@ -147,6 +141,18 @@ def pipeline(archs: list[str] | None = None, data_source: str | None = None,
     orch.close_parent_run(uri, run_id, outcomes, failed=False)
     publish(root, graph, outcomes, details)
     return outcomes
+
+
+def open_parent_run(root: Path, archs: list[str]) -> tuple[str, str]:
+    """(tracking URI, run id) of this flow run's MLflow run, in params.yaml's experiment."""
+    uri = orch.resolve_tracking_uri(root)
+    experiment = str(orch.read_param(root / PARAMS, "mlflow.experiment"))
+    tags = {"prefect_flow_run_id": str(flow_run.id), "archs": ",".join(archs),
+            "data_source": str(orch.read_param(root / PARAMS, "data.source"))}
+    name = f"pipeline {flow_run.name or ''}".strip()
+    run_id = orch.open_parent_run(uri, experiment, name, tags, root)
+    get_run_logger().info("MLflow parent run %s in experiment %s (%s)", run_id, experiment, uri)
+    return uri, run_id
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
