@@ -1,0 +1,131 @@
+"""Orchestration overhead: a no-change run of the pipeline flow against a no-change `dvc repro`.
+
+    python benchmarks/flow_overhead.py [--project-root DIR] [--repeats 3]
+
+Without --project-root it builds the tests' tiny synthetic project in a temporary folder and
+brings it up to date with one `dvc repro` (minutes on two cores) before timing. Writes
+reports/benchmarks/flow_overhead.json.
+
+Timed, each on a project where nothing changed:
+- dvc_repro: `dvc repro`, DVC alone;
+- flow_cli: `python flows/pipeline.py`, as `make pipeline` runs it: Python and Prefect start-up,
+  Prefect's temporary server, the MLflow parent run, `dvc dag` and `dvc status`;
+- flow_in_process: the flow called in a process whose Prefect API is already up (what a served
+  deployment pays per run).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make `flows` and `tests` importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+OUT = REPO_ROOT / "reports" / "benchmarks" / "flow_overhead.json"
+TARGET_S = 15.0
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(round(time.perf_counter() - start, 2))
+    return times
+
+
+def run(cmd: list[str], cwd: Path) -> None:
+    from sentiment_rnn.orchestration import child_env  # this venv's dvc and sentiment-rnn
+
+    out = subprocess.run(cmd, cwd=cwd, env=child_env({}), capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = (out.stdout + out.stderr)[-3000:]
+        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{tail}")
+
+
+def tiny_project(folder: Path) -> Path:
+    """The tests' synthetic project, brought up to date by DVC alone."""
+    from tests.code.dvc_project import build_dvc_project
+    from tests.conftest import synthetic_reviews, write_hub_layout
+
+    data = write_hub_layout(folder / "imdb", synthetic_reviews(240, seed=1),
+                            synthetic_reviews(120, seed=2))
+    root = build_dvc_project(folder / "project", data)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    print(f"building {root}: dvc repro of every stage ...", flush=True)
+    run([dvc(), "repro"], root)
+    return root
+
+
+def dvc() -> str:
+    from sentiment_rnn.orchestration import child_env, dvc_command
+
+    return dvc_command(child_env({}))
+
+
+def in_process_times(root: Path, repeats: int) -> list[float]:
+    """The flow called directly, with a Prefect API already running (started outside timing)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline
+
+    with prefect_test_harness(server_startup_timeout=120):
+        pipeline(project_root=str(root))  # warm-up: imports, MLflow's tables
+        return timed(lambda: check_skipped(pipeline(project_root=str(root))), repeats)
+
+
+def check_skipped(outcomes: dict[str, str]) -> None:
+    ran = [stage for stage, outcome in outcomes.items() if outcome != "skipped"]
+    if ran:
+        raise SystemExit(f"error: the project was not up to date: {ran} did not skip")
+
+
+def measure(root: Path, repeats: int) -> dict[str, object]:
+    cli = [sys.executable, str(REPO_ROOT / "flows" / "pipeline.py"), "--project-root", str(root)]
+    dvc_times = timed(lambda: run([dvc(), "repro"], root), repeats)
+    cli_times = timed(lambda: run(cli, root), repeats)
+    process_times = in_process_times(root, repeats)
+    dvc_s, cli_s, process_s = (statistics.median(t) for t in (dvc_times, cli_times, process_times))
+    return {
+        "project_root": str(root), "repeats": repeats,
+        "dvc_repro_s": dvc_times, "flow_cli_s": cli_times, "flow_in_process_s": process_times,
+        "median_dvc_repro_s": dvc_s, "median_flow_cli_s": cli_s,
+        "median_flow_in_process_s": process_s,
+        "overhead_cli_s": round(cli_s - dvc_s, 2),
+        "overhead_in_process_s": round(process_s - dvc_s, 2),
+        "target_overhead_s": TARGET_S, "cli_within_target": cli_s - dvc_s < TARGET_S,
+        "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project-root", type=Path,
+                        help="an up-to-date DVC project (default: build a tiny one)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="flow-overhead-") as tmp:
+        root = args.project_root.resolve() if args.project_root else tiny_project(Path(tmp))
+        result = measure(root, args.repeats)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"overhead of `python flows/pipeline.py` over `dvc repro`: {result['overhead_cli_s']} s "
+          f"(target < {TARGET_S:.0f} s); in a process with the API up: "
+          f"{result['overhead_in_process_s']} s. Written to {OUT.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
