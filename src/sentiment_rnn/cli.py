@@ -15,7 +15,9 @@ from sentiment_rnn import paths
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.params import load_params, section
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file to read.")]
 ARCH_HELP = "Model family: rnn, lstm or gru."
@@ -28,8 +30,11 @@ def download(params: ParamsOpt = Path("params.yaml")) -> None:
 
     cfg = section(load_params(params), "data")
     run_download(
-        source=str(cfg["source"]), val_fraction=float(cfg["val_fraction"]), seed=int(cfg["seed"]),
-        out_dir=paths.RAW_DIR, metrics_path=paths.METRICS_DIR / "data.json",
+        source=str(cfg["source"]),
+        val_fraction=float(cfg["val_fraction"]),
+        seed=int(cfg["seed"]),
+        out_dir=paths.RAW_DIR,
+        metrics_path=paths.METRICS_DIR / "data.json",
     )
 
 
@@ -43,12 +48,16 @@ def tokenize(params: ParamsOpt = Path("params.yaml")) -> None:
 
 
 @app.command()
-def train(arch: Annotated[str, typer.Argument(help=ARCH_HELP)], params: ParamsOpt = Path("params.yaml")) -> None:
+def train(
+    arch: Annotated[str, typer.Argument(help=ARCH_HELP)], params: ParamsOpt = Path("params.yaml")
+) -> None:
     """Train one model family with early stopping on validation accuracy; log it to MLflow."""
     from sentiment_rnn.train import run_train
 
     all_params = load_params(params)
-    run_train(arch, section(all_params, f"train.{arch}"), str(section(all_params, "mlflow")["experiment"]))
+    run_train(
+        arch, section(all_params, f"train.{arch}"), str(section(all_params, "mlflow")["experiment"])
+    )
 
 
 @app.command()
@@ -98,36 +107,62 @@ def compare(params: ParamsOpt = Path("params.yaml")) -> None:
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Option(
-        "--model", "-m", help="An exported .onnx file, or models:/<name>@<alias> (or /<version>)."
-    )],
-    input_path: Annotated[Path, typer.Option(
-        "--input", "-i", help="Reviews: .csv, .jsonl, .parquet, or .txt (one review per line)."
-    )],
-    output_path: Annotated[Path, typer.Option(
-        "--output", "-o", help="Predictions: .csv, .jsonl or .parquet; its folder must exist."
-    )],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="An exported .onnx file, or models:/<name>@<alias> (or /<version>).",
+        ),
+    ],
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input", "-i", help="Reviews: .csv, .jsonl, .parquet, or .txt (one review per line)."
+        ),
+    ],
+    output_path: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Predictions: .csv, .jsonl or .parquet; its folder must exist."
+        ),
+    ],
     text_column: Annotated[str, typer.Option(help="Column (or JSON key) of the review.")] = "text",
-    id_column: Annotated[str | None, typer.Option(
-        help="Column copied to the output `id`; default: the 0-based row number.")] = None,
-    input_format: Annotated[str | None, typer.Option(
-        help="csv, jsonl, parquet or text; default: from the extension.")] = None,
-    output_format: Annotated[str | None, typer.Option(
-        help="csv, jsonl or parquet; default: from the extension.")] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="Column copied to the output `id`; default: the 0-based row number."),
+    ] = None,
+    input_format: Annotated[
+        str | None, typer.Option(help="csv, jsonl, parquet or text; default: from the extension.")
+    ] = None,
+    output_format: Annotated[
+        str | None, typer.Option(help="csv, jsonl or parquet; default: from the extension.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Reviews per onnxruntime call.")] = 256,
-    chunk_rows: Annotated[int, typer.Option(
-        help="Rows read, length-sorted and scored at a time (bounds memory).")] = 8192,
-    providers: Annotated[str, typer.Option(
-        help="Comma-separated execution providers (cuda, cpu, or full names); "
-             "auto: CUDA when it loads, else CPU.")] = "auto",
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows read, length-sorted and scored at a time (bounds memory).")
+    ] = 8192,
+    providers: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated execution providers (cuda, cpu, or full names); "
+            "auto: CUDA when it loads, else CPU."
+        ),
+    ] = "auto",
     threads: Annotated[int, typer.Option(help="onnxruntime threads (0: its default).")] = 0,
-    parallel: Annotated[bool, typer.Option(
-        help="Run independent nodes (the two directions) at once, one thread each.")] = False,
-    int8: Annotated[bool, typer.Option(
-        help="Serve an int8 dynamically quantized copy (made on the fly).")] = False,
-    tokenizer: Annotated[Path | None, typer.Option(
-        help="The model's tokenizer.json; default: beside the model, or from its MLflow run."
-    )] = None,
+    parallel: Annotated[
+        bool,
+        typer.Option(help="Run independent nodes (the two directions) at once, one thread each."),
+    ] = False,
+    int8: Annotated[
+        bool, typer.Option(help="Serve an int8 dynamically quantized copy (made on the fly).")
+    ] = False,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="The model's tokenizer.json; default: beside the model, or from its MLflow run."
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (on a terminal).")] = True,
 ) -> None:
     """Score a file of reviews with an exported ONNX model; one output row per input row."""
@@ -146,7 +181,9 @@ def predict(
 
 def main() -> None:
     """Console entry point: run the app, turning user errors into one-line messages."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         app()
     except UserError as exc:
