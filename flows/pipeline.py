@@ -150,7 +150,7 @@ def open_parent_run(root: Path, archs: list[str]) -> tuple[str, str]:
     tags = {"prefect_flow_run_id": str(flow_run.id), "archs": ",".join(archs),
             "data_source": str(orch.read_param(root / PARAMS, "data.source"))}
     name = f"pipeline {flow_run.name or ''}".strip()
-    run_id = orch.open_parent_run(uri, experiment, name, tags, root)
+    run_id = orch.open_parent_run(uri, experiment, name, tags)
     get_run_logger().info("MLflow parent run %s in experiment %s (%s)", run_id, experiment, uri)
     return uri, run_id
 

@@ -320,29 +320,17 @@ def resolve_tracking_uri(root: Path) -> str:
     return uri
 
 
-def open_parent_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
-                    root: Path) -> str:
+def open_parent_run(uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> str:
     """Start the flow's MLflow run that the stages' runs nest under; returns its id."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(
-        experiment, artifact_location=artifact_location(uri, experiment, root))
+        experiment, artifact_location=tracking.artifact_location(uri, experiment))
     run = client.create_run(experiment_id, run_name=run_name,
                             tags={"git_commit": tracking.git_commit(), **tags})
     return str(run.info.run_id)
-
-
-def artifact_location(uri: str, experiment: str, root: Path) -> str | None:
-    """Where a new experiment keeps its artifacts: under the project root for a SQLite store.
-
-    MLflow anchors a SQLite store's default `./mlruns` at the creating process's working
-    directory; a flow started elsewhere would scatter the stages' models there.
-    """
-    if not uri.startswith("sqlite:"):
-        return None  # a tracking server decides
-    return str(root / "mlruns" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment))
 
 
 def close_parent_run(uri: str, run_id: str, outcomes: dict[str, str], failed: bool) -> None:

@@ -4,6 +4,7 @@ Imported only by stage entry points and flows, never by models or the training c
 """
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,11 +22,26 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside the SQLite file of a local store.
+
+    MLflow would anchor a SQLite store's default `./mlruns` at the working directory of the
+    process that creates the experiment, scattering artifacts wherever a stage or test ran.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides
+    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    return str(database.parent / "mlruns" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment))
+
+
 def setup(experiment: str) -> Any:
     """Point MLflow at the tracking store and experiment; returns the `mlflow` module."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=artifact_location(uri, experiment))
     mlflow.set_experiment(experiment)
     return mlflow
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sentiment_rnn import orchestration as orch
+from sentiment_rnn import tracking
 from sentiment_rnn.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -177,10 +178,11 @@ def test_relative_sqlite_uri_is_anchored_at_the_project_root(tmp_path, monkeypat
     assert orch.resolve_tracking_uri(tmp_path) == "http://localhost:5000"
 
 
-def test_new_experiments_keep_artifacts_under_the_project_root(tmp_path):
-    assert orch.artifact_location("sqlite:////x/mlflow.db", "imdb sentiment", tmp_path) == str(
+def test_new_experiments_keep_artifacts_beside_the_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.artifact_location(uri, "imdb sentiment") == str(
         tmp_path / "mlruns" / "imdb_sentiment")
-    assert orch.artifact_location("http://mlflow:5000", "imdb", tmp_path) is None
+    assert tracking.artifact_location("http://mlflow:5000", "imdb") is None
 
 
 def test_a_folder_without_dvc_yaml_is_a_user_error(tmp_path):

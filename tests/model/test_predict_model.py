@@ -113,6 +113,7 @@ def test_registry_uri_finds_the_model_and_its_tokenizer(
 
     onnx_file, _ = make_model(tmp_path / "m", tokenizer_file, "gru", MAX_LENGTH)
     mlflow.set_tracking_uri(mlflow_store)
+    mlflow.set_experiment("predict-registry")  # not an experiment id left over from another store
     client = mlflow.MlflowClient()
     with mlflow.start_run():  # v1: the tokenizer is a run artifact
         mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="onnx-model",
