@@ -258,6 +258,24 @@ def test_parquet_column_that_is_not_text(model: OnnxSentimentModel, tmp_path: Pa
         "error: not text", "error: not text", "error: missing text"]
 
 
+def test_parquet_binary_text_column_is_decoded_per_row(model: OnnxSentimentModel,
+                                                       tmp_path: Path) -> None:
+    src = tmp_path / "bytes.parquet"
+    values = [b"a great film", b"caf\xe9 awful", None, b"dull"]
+    pq.write_table(pa.table({"text": pa.array(values, pa.binary())}), src)
+    score(model, src, tmp_path / "out.parquet")
+    assert read_output(tmp_path / "out.parquet")["status"].tolist() == [
+        "ok", "error: invalid utf-8", "error: missing text", "ok"]
+
+
+def test_a_file_that_is_not_parquet_is_a_clear_error(model: OnnxSentimentModel,
+                                                     tmp_path: Path) -> None:
+    src = tmp_path / "fake.parquet"
+    src.write_text("text\nnot parquet at all\n")
+    with pytest.raises(UserError, match="not a readable Parquet file"):
+        score(model, src, tmp_path / "out.csv")
+
+
 def test_malformed_json_line_is_flagged_and_others_scored(
     model: OnnxSentimentModel, tmp_path: Path
 ) -> None:
