@@ -2,13 +2,13 @@
 #   make pipeline   run the whole pipeline (Prefect flow over the DVC stages)
 #   make test       lint and run the test suite
 # Offline, or to use a local copy of IMDB: make pipeline DATA_SOURCE=path/to/imdb
-# (defaults to ../shared/data/imdb when that folder exists, else params.yaml's data.source).
+# (defaults to ../shared/data/imdb when that folder exists, else the hub id stanfordnlp/imdb).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-DATA_SOURCE ?= $(firstword $(wildcard ../shared/data/imdb))
+DATA_SOURCE ?= $(or $(firstword $(wildcard ../shared/data/imdb)),stanfordnlp/imdb)
 ARCHS ?= rnn,lstm,gru
 
 .PHONY: install test pipeline lint clean
@@ -29,7 +29,7 @@ test: lint
 
 pipeline: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python flows/pipeline.py --archs $(ARCHS) \
-		$(if $(DATA_SOURCE),--data-source $(DATA_SOURCE))
+		--data-source $(DATA_SOURCE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
