@@ -178,3 +178,24 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory, synthetic_imdb: Pa
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
     return root
+
+
+@contextmanager
+def trained_copy(
+    tokenized: Path, root: Path, archs: tuple[str, ...], experiment: str
+) -> Iterator[Path]:
+    """A writable copy of the tiny tokenized project with `archs` trained into its own MLflow
+    store, as the working directory. (Not a copy of `trained_project`: MLflow caches artifact
+    locations by run id in-process, so copied run ids would write into the original.)"""
+    import shutil
+
+    from sentiment_rnn.train import run_train
+
+    shutil.copytree(tokenized, root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.chdir(root)
+        for arch in archs:
+            run_train(arch, params["train"][arch], experiment)
+        yield root

@@ -1,13 +1,11 @@
 """The evaluate stage: metric functions against hand-computed cases, and the stage end to end."""
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from sentiment_rnn import evaluate as ev
 from sentiment_rnn.data import TokenDataset
@@ -15,6 +13,7 @@ from sentiment_rnn.errors import UserError
 from sentiment_rnn.files import read_json
 from sentiment_rnn.model import ModelConfig, SentimentRNN
 from sentiment_rnn.tokenize import Encoded
+from tests.conftest import trained_copy
 
 EXPERIMENT = "test-experiment"  # tiny_params' mlflow.experiment
 
@@ -112,20 +111,9 @@ def test_predictions_do_not_depend_on_batching() -> None:
 
 @pytest.fixture(scope="module")
 def project(tokenized_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A writable copy of the tiny tokenized project with trained models and its own MLflow
-    store, as the working directory. (Not a copy of `trained_project`: MLflow caches artifact
-    locations by run id in-process, so copied run ids would write into the original.)"""
-    from sentiment_rnn.train import run_train
-
     root = tmp_path_factory.mktemp("evaluate") / "p"
-    shutil.copytree(tokenized_project, root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.chdir(root)
-        for arch in ("gru", "lstm"):
-            run_train(arch, params["train"][arch], EXPERIMENT)
-        yield root
+    with trained_copy(tokenized_project, root, ("gru", "lstm"), EXPERIMENT) as project_root:
+        yield project_root
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The export stage end to end, and the Model Registry: versions, the `champion` alias."""
 
 import hashlib
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 
 from sentiment_rnn import export as ex
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.files import read_json
 from sentiment_rnn.model import ModelConfig, SentimentRNN
+from tests.conftest import trained_copy
 
 EXPERIMENT = "test-experiment"  # tiny_params' mlflow.experiment
 MAX_LENGTH = 32  # tiny_params' tokenize.max_length
@@ -81,20 +80,9 @@ def test_check_pairing_refuses_another_tokenizer(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def project(tokenized_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A writable copy of the tiny tokenized project with trained models and its own MLflow
-    store, as the working directory. (Not a copy of `trained_project`: MLflow caches artifact
-    locations by run id in-process, so copied run ids would write into the original.)"""
-    from sentiment_rnn.train import run_train
-
     root = tmp_path_factory.mktemp("export") / "p"
-    shutil.copytree(tokenized_project, root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.chdir(root)
-        for arch in ("lstm", "gru"):
-            run_train(arch, params["train"][arch], EXPERIMENT)
-        yield root
+    with trained_copy(tokenized_project, root, ("lstm", "gru"), EXPERIMENT) as project_root:
+        yield project_root
 
 
 def export(arch: str, **overrides) -> dict:
