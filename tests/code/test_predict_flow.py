@@ -103,3 +103,12 @@ def test_flow_scores_new_files_then_skips_them(
     scored = pd.read_parquet(out / "c.predictions.parquet")
     assert scored["status"].tolist() == ["ok", "error: empty text"]
     assert not (out / "empty.predictions.parquet").exists()
+
+
+def test_deployment_carries_the_schedule_and_parameters(model_file: Path) -> None:
+    deployment = score_flow.deployment("0 * * * *", input_dir="in", output_dir="out",
+                                       model=str(model_file))
+    assert deployment.name == "score-folder"
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 * * * *"]
+    assert deployment.parameters == {"input_dir": "in", "output_dir": "out",
+                                     "model": str(model_file)}

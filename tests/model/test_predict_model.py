@@ -182,3 +182,49 @@ def test_int8_and_parallel_serving_stay_close_to_fp32(
     assert int8_file.stat().st_size < onnx_file.stat().st_size
     quantized = load_model(str(int8_file), providers=["cpu"])  # finds lstm.tokenizer.json
     assert quantized.session.get_modelmeta().custom_metadata_map[QUANTIZATION_KEY] == "int8-dynamic"
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("pooling,bidirectional", [("max", True), ("mean", True),
+                                                   ("last", True), ("meanmax", True),
+                                                   ("last", False), ("max", False)])
+def test_fast_graph_is_the_same_function_as_torch(arch: str, pooling: str,
+                                                  bidirectional: bool) -> None:
+    """The folded-Scan graph against torch at several batches and lengths, every pooling."""
+    import onnxruntime as ort
+
+    from sentiment_rnn.model import ModelConfig
+    from sentiment_rnn.serving.fast_graph import build_fast_graph
+
+    torch.manual_seed(3)
+    model = SentimentRNN(ModelConfig(arch=arch, vocab_size=50, embed_dim=8, hidden_size=6,
+                                     pooling=pooling, bidirectional=bidirectional)).eval()
+    session = ort.InferenceSession(build_fast_graph(model, {}).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for batch, steps in ((1, 1), (4, 9), (7, 30)):
+        lengths = rng.integers(1, steps + 1, batch)
+        lengths[0] = steps
+        ids = rng.integers(0, 50, (batch, steps))
+        ids[np.arange(steps)[None, :] >= lengths[:, None]] = 0
+        want = predict_proba(model, torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
+        got = session.run(["probability"], {"token_ids": ids, "lengths": lengths})[0]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_fast_graph_file_serves_like_the_export(tmp_path: Path, tokenizer_file: Path,
+                                                reviews: Path) -> None:
+    from sentiment_rnn.serving.fast_graph import GRAPH_KIND_KEY, write_fast_graph
+
+    onnx_file, torch_model = make_model(tmp_path, tokenizer_file, "gru", MAX_LENGTH)
+    fast_file = write_fast_graph(torch_model, onnx_file, tmp_path / "gru.fast.onnx")
+    outputs = {}
+    for name, path in (("export", onnx_file), ("fast", fast_file)):
+        model = load_model(str(path), providers=["cpu"], threads=1)  # finds its tokenizer
+        predict_file(model, reviews, tmp_path / f"{name}.parquet", progress=False)
+        outputs[name] = pq.read_table(tmp_path / f"{name}.parquet").to_pandas()
+    meta = load_model(str(fast_file), providers=["cpu"]).session.get_modelmeta()
+    assert meta.custom_metadata_map[GRAPH_KIND_KEY] == "folded-scan"
+    np.testing.assert_allclose(outputs["fast"]["probability"], outputs["export"]["probability"],
+                               atol=1e-6)
+    assert outputs["fast"]["truncated"].tolist() == outputs["export"]["truncated"].tolist()
