@@ -423,7 +423,6 @@ def memory_check(args: argparse.Namespace, work: Path, onnx_path: Path,
            str(big), "-o", str(work / "big-out.parquet"), "--id-column", "id", "--no-progress",
            "--providers", "cpu",
            "--threads", str(args.threads), "--batch-size", str(served["batch_size"])]
-    cmd += ["--parallel"] if served["parallel"] else []
     cmd += ["--int8"] if args.rss_int8 else []
     log(f"memory: {args.rss_rows} rows, at most {args.rss_seconds} s: {' '.join(cmd)}")
     result = peak_rss(cmd, args.rss_seconds) | {"rows": args.rss_rows, "command": " ".join(cmd)}
@@ -483,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             report["weights"] = report["archs"][arch]["weights"]
         if not args.skip_rss:
             arch = args.archs.split(",")[-1]
-            report["memory"] = memory_check(args, work, work / f"{arch}.onnx",
+            report["memory"] = memory_check(args, work, work / f"{arch}.folded.onnx",
                                             report["archs"][arch]["served"], log)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     report["peak_rss_bench_mb"] = round(peak_kb / 1024, 1)

@@ -3,7 +3,8 @@
 Input (CSV, JSON Lines, Parquet or plain text, one review per line) is read in chunks of
 `chunk_rows`, so memory stays bounded whatever the file size. Within a chunk, reviews are
 sorted by token count and batched, which cuts padding (a batch is as long as its longest
-review), then the scores are put back in input order. Every input row gives exactly one
+review), then the scores are put back in input order; the next chunk is read and tokenised in
+a background thread meanwhile. Every input row gives exactly one
 output row, in order: id, label, positive probability, `truncated` and `status` (`ok`, or
 an `error: ...` and no prediction for a row that cannot be scored). Duplicate ids are kept
 (no row is ever dropped) and counted in the summary. The output is written to a temporary
@@ -13,7 +14,8 @@ file beside the target and renamed at the end: a failed run leaves nothing under
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.files import atomic_path
-from sentiment_rnn.serving.encoding import OK, encode_texts, pad_batch, text_status
+from sentiment_rnn.serving.encoding import OK, EncodedTexts, encode_texts, pad_batch, text_status
 from sentiment_rnn.serving.io import (
     INPUT_FORMATS,
     OUTPUT_FORMATS,
@@ -128,19 +130,61 @@ def infer_sorted(model: ScoringModel, rows: list[np.ndarray], batch_size: int) -
     return out
 
 
-def score_chunk(model: ScoringModel, chunk: Chunk, batch_size: int) -> ScoredChunk:
-    """Statuses for every row, and scores for the rows that can be scored."""
+@dataclass
+class PreparedChunk:
+    """A chunk with its rows checked and its valid texts tokenised."""
+
+    chunk: Chunk
+    status: list[str]
+    valid: np.ndarray  # positions of the rows to score
+    encoded: EncodedTexts | None
+
+
+def prepare_chunk(model: ScoringModel, chunk: Chunk) -> PreparedChunk:
+    """Statuses for every row; token ids for the rows that can be scored."""
     status = [chunk.read_errors.get(i) or text_status(t) for i, t in enumerate(chunk.texts)]
     valid = np.flatnonzero(np.array([s == OK for s in status], dtype=bool))
-    probability = np.full(len(chunk), np.nan, dtype=np.float32)
-    truncated = np.zeros(len(chunk), dtype=bool)
+    encoded = None
     if len(valid):
         meta = model.meta
         encoded = encode_texts(model.tokenizer, [chunk.texts[i] for i in valid],
                                meta.max_length, meta.truncation_side)
-        probability[valid] = infer_sorted(model, encoded.ids, batch_size)
-        truncated[valid] = encoded.truncated
-    return ScoredChunk(status, probability, truncated)
+    return PreparedChunk(chunk, status, valid, encoded)
+
+
+def infer_chunk(model: ScoringModel, prepared: PreparedChunk, batch_size: int) -> ScoredChunk:
+    """Scores for the valid rows; NaN and no truncation flag for the others."""
+    probability = np.full(len(prepared.chunk), np.nan, dtype=np.float32)
+    truncated = np.zeros(len(prepared.chunk), dtype=bool)
+    if prepared.encoded is not None:
+        probability[prepared.valid] = infer_sorted(model, prepared.encoded.ids, batch_size)
+        truncated[prepared.valid] = prepared.encoded.truncated
+    return ScoredChunk(prepared.status, probability, truncated)
+
+
+def score_chunk(model: ScoringModel, chunk: Chunk, batch_size: int) -> ScoredChunk:
+    """Statuses for every row, and scores for the rows that can be scored."""
+    return infer_chunk(model, prepare_chunk(model, chunk), batch_size)
+
+
+def prepared_chunks(model: ScoringModel, chunks: Iterator[Chunk],
+                    prefetch: bool = True) -> Iterator[PreparedChunk]:
+    """Chunks, checked and tokenised. With `prefetch`, the next chunk is read and tokenised in
+    a background thread while the caller scores the current one: tokenizers and onnxruntime
+    both release the GIL, so reading and tokenising overlap with inference."""
+    if not prefetch:
+        yield from (prepare_chunk(model, chunk) for chunk in chunks)
+        return
+
+    def next_prepared() -> PreparedChunk | None:
+        chunk = next(chunks, None)
+        return None if chunk is None else prepare_chunk(model, chunk)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-prefetch") as pool:
+        future = pool.submit(next_prepared)
+        while (prepared := future.result()) is not None:
+            future = pool.submit(next_prepared)
+            yield prepared
 
 
 def output_schema(ids_from_column: bool) -> pa.Schema:
@@ -222,6 +266,7 @@ def predict_file(
     batch_size: int = DEFAULT_BATCH_SIZE,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = True,
+    prefetch: bool = True,
 ) -> PredictSummary:
     """Score every row of `input_path` into `output_path`; see the module docstring."""
     in_fmt = detect_format(input_path, input_format, INPUT_FORMATS, "input")
@@ -240,8 +285,10 @@ def predict_file(
     with bar, atomic_path(output_path) as tmp:
         writer = open_writer(tmp, out_fmt, schema)
         try:
-            for chunk in read_chunks(input_path, in_fmt, text_column, id_column, chunk_rows):
-                scored = score_chunk(model, chunk, batch_size)
+            chunks = read_chunks(input_path, in_fmt, text_column, id_column, chunk_rows)
+            for prepared in prepared_chunks(model, chunks, prefetch):
+                chunk = prepared.chunk
+                scored = infer_chunk(model, prepared, batch_size)
                 writer.write(chunk_table(chunk, scored, model.meta.label_names, schema))
                 _tally(summary, scored)
                 if chunk.ids is not None:
