@@ -86,6 +86,11 @@ def session_options(threads: int = 0, parallel: bool = False) -> ort.SessionOpti
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Every batch has its own (batch, time) shape. A memory pattern is planned and cached per
+    # input shape, each a differently sized block from the arena: over a long file the arena
+    # fragments and RSS crept up (833 -> 1065 MB over 172k reviews). Without patterns it stays
+    # flat, at no measured cost in speed.
+    options.enable_mem_pattern = False
     if parallel:
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         options.inter_op_num_threads = threads or 2
