@@ -11,6 +11,11 @@ mixed lengths (real test rows and random ones, batch 1 to 64, length 1 to max_le
 probability gap above the tolerance, or any changed predicted class, fails the stage. Only
 then is the file written, logged to the training run and registered; the registered version
 whose training run has the best validation accuracy carries the alias `champion`.
+
+The file written is the graph served: for a one-layer fused model, the folded-Scan graph of
+`serving.fast_graph` (input projection folded into the embedding; same inputs, outputs and
+metadata, `serving_graph: folded-scan`), once it has passed the same gate; else, or if it
+does not pass, the exported graph itself.
 """
 
 import hashlib
@@ -404,8 +409,13 @@ def export_model(
     test_ids: np.ndarray | None,
     test_lengths: np.ndarray | None,
     seed: int = 0,
+    fold: bool = True,
 ) -> tuple[onnx.ModelProto, Any, ParityReport]:
-    """Export, add metadata, check, and pass the parity gate; returns (graph, session, report)."""
+    """Export, add metadata, check, and pass the parity gate; returns (graph, session, report).
+
+    With `fold`, the graph returned is the folded-Scan serving graph (`serving.fast_graph`)
+    when the model allows it and that graph passes the same gate; else the exported one.
+    """
     proto = with_metadata(to_onnx(model, opset), info.as_props())
     check_onnx(proto)
     session = ort_session(proto.SerializeToString())
@@ -414,6 +424,36 @@ def export_model(
     )
     report = compare_outputs(session, model, batches)
     assert_parity(report, tolerance)
+    if fold and foldable(model):
+        return folded_graph(model, proto, batches, tolerance) or (proto, session, report)
+    return proto, session, report
+
+
+def foldable(model: SentimentRNN) -> bool:
+    """One-layer models with the fused cells: what `serving.fast_graph` can rebuild."""
+    return model.cfg.num_layers == 1 and model.cfg.cell == "fused"
+
+
+def folded_graph(
+    model: SentimentRNN, exported: onnx.ModelProto, batches: list[ParityBatch], tolerance: float
+) -> tuple[onnx.ModelProto, Any, ParityReport] | None:
+    """The folded-Scan graph (same inputs, outputs and metadata, about 1.3-2x faster on the
+    CPU) if it passes the same parity gate against torch; None, with a warning, if not."""
+    from sentiment_rnn.serving.fast_graph import build_fast_graph
+
+    props = {p.key: p.value for p in exported.metadata_props}
+    proto = build_fast_graph(model, props)
+    check_onnx(proto)
+    session = ort_session(proto.SerializeToString())
+    report = compare_outputs(session, model, batches)
+    if report.max_abs_diff > tolerance or report.class_mismatches:
+        log.warning(
+            "the folded serving graph disagrees with torch (max diff %.1e, %d classes):"
+            " serving the exported graph",
+            report.max_abs_diff,
+            report.class_mismatches,
+        )
+        return None
     return proto, session, report
 
 
@@ -498,6 +538,8 @@ def export_report(
         "arch": arch, "opset": opset, "onnx_bytes": out.stat().st_size,
         "onnx_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "inputs": symbolic_dims(proto),
+        "serving_graph": {p.key: p.value for p in proto.metadata_props}.get(
+            "serving_graph", "exported"),
         "parity": {**asdict(parity), "tolerance": tolerance},
         "ort_provider": session.get_providers()[0], "ort_providers": session.get_providers(),
     }  # fmt: skip

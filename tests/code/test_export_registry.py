@@ -109,6 +109,7 @@ def test_export_writes_graph_tokenizer_and_metrics(project: Path, lstm_report: d
     assert lstm_report["opset"] == 17 and lstm_report["ort_provider"] == "CPUExecutionProvider"
     assert lstm_report["ort_reviews_per_second"] > 0
     assert lstm_report["inputs"] == {"token_ids": ["batch", "time"], "lengths": ["batch"]}
+    assert lstm_report["serving_graph"] == "folded-scan"
 
     proto = onnx.load(onnx_file)
     onnx.checker.check_model(proto, full_check=True)

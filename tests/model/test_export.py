@@ -112,6 +112,21 @@ def test_export_model_adds_metadata_and_passes_checker_and_gate() -> None:
     assert report.max_abs_diff <= 1e-4 and report.class_mismatches == 0
     assert [1, 1] in report.shapes and [64, MAX_LENGTH] in report.shapes
     assert report.rows == 2 * sum(b for b, _ in ex.PARITY_SHAPES)  # test rows + random rows
+    assert props["serving_graph"] == "folded-scan"  # the faster graph, through the same gate
+
+
+@pytest.mark.parametrize(("name", "fold"), [("lstm-2layer-last", True), ("gru", False)])
+def test_export_model_serves_the_exported_graph_when_not_folded(name: str, fold: bool) -> None:
+    """Two layers cannot fold; fold=False keeps the export as it is."""
+    model = tiny_model(CONFIGS[name])
+    rng = np.random.default_rng(4)
+    ids, lengths = rng.integers(2, VOCAB, (20, MAX_LENGTH)), rng.integers(1, MAX_LENGTH + 1, 20)
+    proto, _, report = ex.export_model(
+        model, serving_info(model.cfg.arch), 17, 1e-4, ids, lengths, fold=fold
+    )
+    assert "serving_graph" not in {p.key for p in proto.metadata_props}
+    assert {n.op_type for n in proto.graph.node} & {"LSTM", "GRU"}
+    assert report.max_abs_diff <= 1e-4
 
 
 def test_parity_gate_fails_against_a_model_with_other_weights() -> None:
