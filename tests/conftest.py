@@ -54,12 +54,18 @@ def synthetic_reviews(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_hub_layout(root: Path, train: pd.DataFrame, test: pd.DataFrame) -> Path:
+def write_hub_layout(
+    root: Path, train: pd.DataFrame, test: pd.DataFrame, unlabelled: pd.DataFrame | None = None
+) -> Path:
     """Write parquet files laid out like stanfordnlp/imdb (config plain_text)."""
     folder = root / "plain_text"
     folder.mkdir(parents=True, exist_ok=True)
     train.to_parquet(folder / "train-00000-of-00001.parquet", index=False)
     test.to_parquet(folder / "test-00000-of-00001.parquet", index=False)
+    if unlabelled is not None:  # the hub's unsupervised split: label -1
+        unlabelled.assign(label=-1).to_parquet(
+            folder / "unsupervised-00000-of-00001.parquet", index=False
+        )
     return root
 
 
@@ -85,6 +91,7 @@ def tiny_params(source: str | Path) -> dict[str, Any]:
         "patience": 2,
         "seed": 0,
         "device": "cpu",
+        "pretrained_embeddings": True,
     }
     return {
         "data": {"source": str(source), "val_fraction": 0.2, "seed": 0},
@@ -95,6 +102,7 @@ def tiny_params(source: str | Path) -> dict[str, Any]:
             "lowercase": True,
             "truncation_side": "right",
         },
+        "embeddings": {"dim": 16, "window": 3, "smoothing": 0.75, "eig_power": 0.5, "seed": 0},
         "mlflow": {"experiment": "test-experiment"},
         "train": {arch: {**train, "model": dict(model)} for arch in ARCHS},
     }
@@ -118,9 +126,14 @@ def _few_threads() -> None:
 
 @pytest.fixture(scope="session")
 def synthetic_imdb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 240 / 120 review IMDB look-alike in the hub's folder layout."""
+    """A 240 / 120 / 160 (train / test / unlabelled) IMDB look-alike in the hub's folder layout."""
     root = tmp_path_factory.mktemp("imdb")
-    return write_hub_layout(root, synthetic_reviews(240, seed=1), synthetic_reviews(120, seed=2))
+    return write_hub_layout(
+        root,
+        synthetic_reviews(240, seed=1),
+        synthetic_reviews(120, seed=2),
+        synthetic_reviews(160, seed=3)[["text"]],
+    )
 
 
 @pytest.fixture
@@ -132,9 +145,11 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def make_project(root: Path, source: Path) -> Path:
-    """A project folder with tiny params.yaml, downloaded and tokenized (stage cores, no DVC)."""
+    """A project folder with tiny params.yaml after download, tokenize and embeddings (stage
+    cores, no DVC)."""
     from sentiment_rnn import paths
     from sentiment_rnn.download import run_download
+    from sentiment_rnn.embeddings import EmbeddingConfig, run_embeddings
     from sentiment_rnn.tokenize import TokenizeConfig, run_tokenize
 
     params = tiny_params(source)
@@ -146,6 +161,13 @@ def make_project(root: Path, source: Path) -> Path:
             paths.RAW_DIR,
             paths.TOKENS_DIR,
             paths.METRICS_DIR / "tokenize.json",
+        )
+        run_embeddings(
+            EmbeddingConfig(**params["embeddings"]),
+            paths.RAW_DIR,
+            paths.TOKENS_DIR / "tokenizer.json",
+            paths.EMBEDDINGS_FILE,
+            paths.METRICS_DIR / "embeddings.json",
         )
     return root
 

@@ -48,6 +48,18 @@ def tokenize(params: ParamsOpt = Path("params.yaml")) -> None:
 
 
 @app.command()
+def embeddings(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Pretrain word vectors (PPMI + SVD) on the train and unlabelled reviews."""
+    from sentiment_rnn.embeddings import EmbeddingConfig, run_embeddings
+
+    cfg = EmbeddingConfig.from_dict(section(load_params(params), "embeddings"))
+    run_embeddings(
+        cfg, paths.RAW_DIR, paths.TOKENS_DIR / "tokenizer.json", paths.EMBEDDINGS_FILE,
+        paths.METRICS_DIR / "embeddings.json",
+    )
+
+
+@app.command()
 def train(
     arch: Annotated[str, typer.Argument(help=ARCH_HELP)], params: ParamsOpt = Path("params.yaml")
 ) -> None:

@@ -24,13 +24,16 @@ LOCAL_HINT = (
 )
 
 
+UNLABELLED = "unsupervised"  # IMDB's 50,000 unlabelled reviews: word vectors only, never labels
+
+
 def _is_local(source: str) -> bool:
     """A source is local if it exists or looks like a path rather than an `owner/name` hub id."""
     return Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") != 1
 
 
 def load_source(source: str) -> dict[str, pd.DataFrame]:
-    """Load the `train` and `test` splits of `source` (hub id or local folder) as DataFrames."""
+    """The `train`, `test` and (where present) `unsupervised` splits of `source` as DataFrames."""
     import datasets  # imported here: the training core must run where `datasets` is absent
 
     if _is_local(source):
@@ -38,7 +41,8 @@ def load_source(source: str) -> dict[str, pd.DataFrame]:
         if not path.exists():
             raise UserError(f"data.source '{source}' does not exist: {LOCAL_HINT}")
         try:
-            loaded = datasets.load_dataset(str(path))
+            loaded = dict(datasets.load_dataset(str(path)))
+            loaded |= _local_unlabelled(path, loaded)
         except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as exc:
             raise UserError(
                 f"cannot read data.source '{source}' as a dataset: {_root_cause(exc)}"
@@ -51,7 +55,26 @@ def load_source(source: str) -> dict[str, pd.DataFrame]:
             f"data.source '{source}' has no split(s) {missing} (found {sorted(loaded)}): "
             "it needs train and test"
         )
-    return {name: loaded[name].to_pandas() for name in ("train", "test")}
+    frames = {name: loaded[name].to_pandas() for name in ("train", "test")}
+    if UNLABELLED in loaded:
+        frames[UNLABELLED] = loaded[UNLABELLED].to_pandas()
+    return frames
+
+
+def _local_unlabelled(path: Path, loaded: dict[str, Any]) -> dict[str, Any]:
+    """The unlabelled split of a local copy in the hub's layout.
+
+    Without the hub's dataset card, `datasets` names splits from file names and knows only
+    train / test / validation, so `unsupervised-*.parquet` files are loaded explicitly here.
+    """
+    import datasets
+
+    files = sorted(str(f) for f in path.rglob(f"{UNLABELLED}*.parquet"))
+    if UNLABELLED in loaded or not files:
+        return {}
+    return {
+        UNLABELLED: datasets.load_dataset("parquet", data_files={UNLABELLED: files})[UNLABELLED]
+    }
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -114,6 +137,25 @@ def validate(df: pd.DataFrame, split: str) -> pd.DataFrame:
     return df[["text", "label"]].astype({"label": "int64"}).reset_index(drop=True)
 
 
+def unlabelled_texts(df: pd.DataFrame | None) -> pd.DataFrame:
+    """The unlabelled reviews as one `text` column; empty where the source has none.
+
+    Rows without text are left out here: they carry no label and no words, and only the
+    word-vector stage reads this file (the count is in the data metrics).
+    """
+    if df is None:
+        log.warning("data.source has no '%s' split: word vectors use train only", UNLABELLED)
+        return pd.DataFrame({"text": pd.Series([], dtype=str)})
+    if "text" not in df.columns:
+        raise UserError(
+            f"split '{UNLABELLED}' lacks column 'text' (found {list(df.columns)}): "
+            "it needs the review text"
+        )
+    text = df["text"]
+    keep = text.map(lambda t: isinstance(t, str) and bool(t.strip()))
+    return pd.DataFrame({"text": text[keep].astype(str).reset_index(drop=True)})
+
+
 def split_train_val(
     train: pd.DataFrame, val_fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -162,7 +204,14 @@ def run_download(
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, df in splits.items():
         df.to_parquet(out_dir / f"{name}.parquet", index=False)
+    unlabelled = unlabelled_texts(raw.get(UNLABELLED))
+    unlabelled.to_parquet(out_dir / f"{UNLABELLED}.parquet", index=False)
     stats = split_stats(splits)
+    stats[UNLABELLED] = {
+        "rows": len(unlabelled),
+        "overlap_with_val": len(_digests(unlabelled["text"]) & _digests(val["text"])),
+        "overlap_with_test": len(_digests(unlabelled["text"]) & _digests(test["text"])),
+    }
     stats["source"] = source
     write_json(metrics_path, stats)
     log.info("wrote %s", ", ".join(f"{n}={len(d)}" for n, d in splits.items()))

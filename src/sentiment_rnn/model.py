@@ -99,6 +99,18 @@ class SentimentRNN(nn.Module):
         pooled = width * (2 if cfg.pooling == "meanmax" else 1)
         self.head = nn.Linear(pooled, 1)
 
+    @torch.no_grad()
+    def load_embeddings(self, vectors: Tensor) -> None:
+        """Start the embedding layer from pretrained word vectors (vocab, embed_dim)."""
+        expected = tuple(self.embedding.weight.shape)
+        if tuple(vectors.shape) != expected:
+            raise UserError(
+                f"pretrained word vectors have shape {tuple(vectors.shape)}, the model needs "
+                f"{expected}: set model.embed_dim to embeddings.dim and retokenize consistently"
+            )
+        self.embedding.weight.copy_(vectors)
+        self.embedding.weight[self.cfg.pad_id].zero_()
+
     def encode(self, token_ids: Tensor, lengths: Tensor) -> Tensor:
         """Per-step features (B, T, D*H); positions >= length hold padding garbage."""
         x = self.dropout(self.embedding(token_ids))  # (B, T, E)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 RAW_DIR = Path("data/raw")
 TOKENS_DIR = Path("data/tokens")
+EMBEDDINGS_FILE = Path("data/embeddings/vectors.npy")
 MODELS_DIR = Path("models")
 CHECKPOINT_DIR = Path("checkpoints")
 METRICS_DIR = Path("reports/metrics")

@@ -40,6 +40,8 @@ class TrainConfig:
     patience: int = 2  # epochs without a better val accuracy before stopping
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
+    pretrained_embeddings: bool = False  # start from the `embeddings` stage's word vectors
+    embedding_lr_scale: float = 1.0  # embedding lr = lr * this (0 freezes pretrained vectors)
     bf16: bool = True  # bf16 autocast on CUDA; ignored on CPU
     max_steps_per_epoch: int = 0  # 0 = the whole split; >0 for smoke runs
 
@@ -48,6 +50,8 @@ class TrainConfig:
         cfg = build_config(cls, data, "train")
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise UserError("train.epochs and train.batch_size must be >= 1, train.lr > 0")
+        if cfg.embedding_lr_scale < 0:
+            raise UserError("train.embedding_lr_scale must be >= 0 (0 freezes the embeddings)")
         return cfg
 
 
@@ -120,16 +124,18 @@ def lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], float
 def make_optimizer(
     model: nn.Module, cfg: TrainConfig, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW without weight decay on biases and embeddings' padding-free norms; cosine schedule."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
+    """AdamW, no weight decay on biases, the embedding at its own lr scale; cosine schedule."""
+    named = list(model.named_parameters())
+    embedding = [p for n, p in named if n.startswith("embedding.")]
+    decay = [p for n, p in named if p.ndim >= 2 and not n.startswith("embedding.")]
+    no_decay = [p for n, p in named if p.ndim < 2 and not n.startswith("embedding.")]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": embedding, "weight_decay": cfg.weight_decay,
+         "lr": cfg.lr * cfg.embedding_lr_scale},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
     )
@@ -402,6 +408,12 @@ def run_train(arch: str, section: dict[str, Any], experiment: str) -> FitResult:
     val_data = TokenDataset(load_encoded(paths.TOKENS_DIR / "val.npz"))
     torch.manual_seed(cfg.seed)
     model = SentimentRNN(model_cfg)
+    vectors_sha = ""  # part of the checkpoint's identity: other vectors, no resume
+    if cfg.pretrained_embeddings:
+        from sentiment_rnn.embeddings import load_vectors
+
+        model.load_embeddings(torch.from_numpy(load_vectors(paths.EMBEDDINGS_FILE)))
+        vectors_sha = hashlib.sha256(paths.EMBEDDINGS_FILE.read_bytes()).hexdigest()
     device = resolve_device(cfg.device)
     out = paths.model_dir(arch)
     out.mkdir(parents=True, exist_ok=True)
@@ -433,7 +445,7 @@ def run_train(arch: str, section: dict[str, Any], experiment: str) -> FitResult:
             cfg,
             checkpoint,
             log_epoch,
-            job_key=tok_meta["tokenizer_sha256"],
+            job_key=tok_meta["tokenizer_sha256"] + vectors_sha,
         )
         extra = {
             "best_val_acc": result.best_val_acc,

@@ -101,3 +101,18 @@ def test_cli_prints_one_line_error(tmp_path: Path, train: pd.DataFrame, message:
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_unlabelled_reviews_are_kept_for_word_vectors(tmp_path: Path, synthetic_imdb: Path) -> None:
+    stats = _download(tmp_path, synthetic_imdb)
+    unlabelled = pd.read_parquet(tmp_path / "raw/unsupervised.parquet")
+    assert list(unlabelled.columns) == ["text"] and len(unlabelled) == 160
+    assert stats["unsupervised"]["rows"] == 160
+    assert set(stats["unsupervised"]) == {"rows", "overlap_with_val", "overlap_with_test"}
+
+
+def test_source_without_unlabelled_split_gives_an_empty_file(tmp_path: Path) -> None:
+    source = write_hub_layout(tmp_path / "imdb", synthetic_reviews(40, 1), synthetic_reviews(20, 2))
+    stats = _download(tmp_path, source)
+    assert len(pd.read_parquet(tmp_path / "raw/unsupervised.parquet")) == 0
+    assert stats["unsupervised"]["rows"] == 0

@@ -128,3 +128,43 @@ def test_stage_logs_one_run_to_mlflow(
         metrics["epochs_run"] == 1 and (project / "reports/plots/train-rnn.png").stat().st_size > 0
     )
     assert not (project / "checkpoints/rnn.pt").exists()
+
+
+def test_stage_starts_from_the_pretrained_word_vectors(
+    tokenized_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `pretrained_embeddings`, the embedding layer starts as the embeddings stage's
+    vectors: with its lr scale at 0 it ends there too, while the rest of the model trains."""
+    import shutil
+
+    import numpy as np
+
+    from sentiment_rnn.model import load_model
+
+    project = tmp_path / "p"
+    shutil.copytree(tokenized_project, project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    section = params["train"]["lstm"] | {"epochs": 1, "embedding_lr_scale": 0.0}
+    with working_dir(project):
+        run_train("lstm", section, "tiny")
+        model, _ = load_model(project / "models/lstm/model.pt")
+    vectors = np.load(project / "data/embeddings/vectors.npy")
+    np.testing.assert_allclose(model.embedding.weight.detach().numpy(), vectors, atol=1e-6)
+
+
+def test_embedding_lr_scale_sets_the_embedding_group() -> None:
+    from sentiment_rnn.train import make_optimizer
+
+    model = _model("lstm")
+    optimizer, _ = make_optimizer(model, TrainConfig(lr=0.01, embedding_lr_scale=0.1), 10)
+    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    assert groups[id(model.embedding.weight)]["initial_lr"] == pytest.approx(0.001)
+    assert groups[id(model.head.weight)]["initial_lr"] == pytest.approx(0.01)
+    with pytest.raises(UserError, match="embedding_lr_scale"):
+        TrainConfig.from_dict({"embedding_lr_scale": -1})
+
+
+def test_vectors_of_the_wrong_shape_are_refused() -> None:
+    with pytest.raises(UserError, match="embed_dim"):
+        _model("gru").load_embeddings(torch.zeros(7, 3))
