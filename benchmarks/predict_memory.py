@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -93,7 +94,11 @@ def run_measured(
         timer = threading.Timer(max_seconds, proc.terminate) if max_seconds else None
         if timer:
             timer.start()
-        _, status, usage = os.wait4(proc.pid, 0)  # usage: this child's own rusage
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # usage: this child's own rusage
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the command, keep what was measured
+            proc.terminate()
+            _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if timer:
             timer.cancel()
@@ -214,8 +219,13 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a timeout's SIGTERM: report, then exit
     args.out.mkdir(parents=True, exist_ok=True)
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
