@@ -6,20 +6,35 @@ Prefect artifacts: a table of the stages that ran or were skipped, and the model
 
     python flows/pipeline.py [--archs lstm,gru] [--data-source PATH] [--project-root DIR]
 
-With no PREFECT_API_URL set, Prefect starts a temporary local server for the run by itself.
+With no PREFECT_API_URL set, the command starts a temporary local Prefect server for the run, as
+Prefect itself would (see `temporary_prefect_api`).
 """
 
 import argparse
+import atexit
+import os
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import prefect
 from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_logger
 from prefect.runtime import flow_run
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_SERVER_EPHEMERAL_ENABLED,
+    get_current_settings,
+    temporary_settings,
+)
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP_TIMEOUT
-from prefect.settings import temporary_settings
 
 from sentiment_rnn import orchestration as orch
 from sentiment_rnn.errors import UserError
@@ -33,18 +48,21 @@ DOWNLOAD_RETRY_DELAYS = [10.0, 60.0]
 
 
 @task(cache_policy=NO_CACHE)
-def read_stage_graph(root: Path) -> orch.StageGraph:
-    """The stages of dvc.yaml as DVC sees them, so stages added later run too."""
-    return orch.read_graph(root, orch.child_env({}))
+def read_dvc_state(root: Path) -> tuple[orch.StageGraph, set[str]]:
+    """The stages of dvc.yaml as DVC sees them (stages added later run too), and those that
+    `dvc status` finds out of date."""
+    return orch.read_state(root, orch.child_env({}))
 
 
 @task(cache_policy=NO_CACHE)
-def set_data_source(root: Path, source: str) -> None:
+def set_data_source(root: Path, source: str) -> bool:
+    """Whether params.yaml changed."""
     logger = get_run_logger()
     if orch.set_param(root / PARAMS, "data.source", source):
         logger.info("set data.source to %r in %s", source, root / PARAMS)
-    else:
-        logger.info("data.source in %s is already %r", root / PARAMS, source)
+        return True
+    logger.info("data.source in %s is already %r", root / PARAMS, source)
+    return False
 
 
 @task(cache_policy=NO_CACHE)
@@ -123,17 +141,18 @@ def pipeline(archs: list[str] | None = None, data_source: str | None = None,
     project_root: the folder with dvc.yaml (default: this repository).
     """
     root = Path(project_root).resolve() if project_root else REPO_ROOT
-    graph = read_stage_graph(root)
+    state = read_dvc_state.submit(root)
+    orch.preload_tracking()  # MLflow's import, while DVC works
+    graph, changed = state.result()
     chosen = orch.check_archs(graph, archs)
-    if data_source is not None:
-        set_data_source(root, data_source)
-    changed = out_of_date_stages.submit(root)  # DVC works while MLflow is imported, below
+    if data_source is not None and set_data_source(root, data_source):
+        changed = out_of_date_stages(root)  # the status above predates the new data source
     uri, run_id = open_parent_run(root, chosen)
     extra_env = {"MLFLOW_TRACKING_URI": uri, PARENT_RUN_ENV: run_id}
     outcomes: dict[str, str] = {}
     details: dict[str, str] = {}
     try:
-        run_stages(graph, chosen, changed.result(), root, extra_env, outcomes, details)
+        run_stages(graph, chosen, changed, root, extra_env, outcomes, details)
     except BaseException:  # interrupted too: the parent run must not stay RUNNING
         orch.close_parent_run(uri, run_id, outcomes, failed=True)
         publish(root, graph, outcomes, details)
@@ -166,12 +185,94 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@contextmanager
+def temporary_prefect_api(startup_timeout: float) -> Iterator[None]:
+    """Prefect's temporary local server for the duration, where Prefect would start one (no
+    PREFECT_API_URL, ephemeral mode allowed); else nothing.
+
+    Prefect starts the same server itself once the flow is called, but first imports the whole
+    server package into this process just to launch it (about 3 s on two cores). Launched from
+    here, the server starts while this process imports MLflow, and nothing here loads its code.
+    As Prefect's does, it stops when the process exits, after Prefect's workers have sent the
+    last logs and events.
+    """
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield
+        return
+    server = TemporaryServer()
+    atexit.register(server.stop)
+    server.start()
+    orch.preload_tracking()  # meanwhile
+    server.wait(startup_timeout)
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+class TemporaryServer:
+    """The command and settings of Prefect's `SubprocessASGIServer`: the API without UI and with
+    the services of an ephemeral server, on a free local port."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.api_url = ""
+
+    def start(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1",
+               **get_current_settings().to_environment_variables(exclude_unset=True)}
+        cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+               "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+        get_logger(__name__).info("Starting temporary server on http://127.0.0.1:%d", port)
+        self.process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        self.api_url = f"http://127.0.0.1:{port}/api"
+
+    def wait(self, timeout: float) -> None:
+        """Poll the server's health until it answers; a server that exits first (its port taken
+        meanwhile) is started again on another port, twice at most."""
+        deadline = time.monotonic() + timeout
+        restarts = 2
+        with httpx.Client() as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    if not restarts:
+                        raise RuntimeError("the temporary Prefect server exited with status "
+                                           f"{self.process.returncode} before it answered")
+                    restarts -= 1
+                    self.start()
+                try:
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"the temporary Prefect server at {self.api_url} did not answer "
+                           f"within {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        get_logger(__name__).info("Stopping temporary server on %s",
+                                  self.api_url.removesuffix("/api"))
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # The temporary server gets 20 s to start by default: too few on two busy cores.
-    startup = {STARTUP_TIMEOUT: max(STARTUP_TIMEOUT.value(), 120)}
+    # Prefect's temporary server gets 20 s to start by default: too few on two busy cores.
+    timeout = max(STARTUP_TIMEOUT.value(), 120)
     try:
-        with temporary_settings(updates=startup):
+        with temporary_settings(updates={STARTUP_TIMEOUT: timeout}), temporary_prefect_api(timeout):
             outcomes = pipeline(archs=args.archs, data_source=args.data_source,
                                 project_root=args.project_root)
     except (orch.StageFailed, UserError) as exc:

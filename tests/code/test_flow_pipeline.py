@@ -195,6 +195,30 @@ def test_up_to_date_stage_task_returns_without_calling_dvc(tmp_path):
         assert flow_module.run_stage.fn("train@rnn", tmp_path, {}, up_to_date=True) == SKIPPED
 
 
+@pytest.mark.slow
+def test_temporary_server_answers_and_stops():
+    import httpx
+
+    server = flow_module.TemporaryServer()
+    server.start()
+    try:
+        server.wait(timeout=120)
+        assert httpx.get(f"{server.api_url}/health").json() is True
+    finally:
+        process = server.process
+        server.stop()
+    assert process is not None and process.poll() is not None
+    assert server.process is None
+
+
+def test_no_temporary_server_where_an_api_url_is_set(prefect_api):
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    with flow_module.temporary_prefect_api(startup_timeout=1):
+        assert PREFECT_API_URL.value() == url
+
+
 def test_command_line_arguments():
     args = flow_module.parse_args(["--archs", "lstm,gru", "--data-source", "/d"])
     assert (args.archs, args.data_source, args.project_root) == (["lstm", "gru"], "/d", None)

@@ -188,3 +188,11 @@ def test_new_experiments_keep_artifacts_beside_the_sqlite_store(tmp_path):
 def test_a_folder_without_dvc_yaml_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="`dvc dag --dot` failed in"):
         orch.read_graph(tmp_path, orch.child_env({}))
+    with pytest.raises(UserError, match="`dvc dag --dot` failed in"):
+        orch.read_state(tmp_path, orch.child_env({}))
+
+
+@pytest.mark.parametrize(("text", "stages"), [
+    ("", set()), ("{}\n", set()), ('{"train@rnn": [{"changed deps": {}}]}', {"train@rnn"})])
+def test_parse_status(text, stages):
+    assert orch.parse_status(text) == stages
