@@ -46,6 +46,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import yaml
 from tokenizers import Tokenizer
 
 from sentiment_rnn.export import ServingInfo, to_onnx, with_metadata
@@ -439,7 +440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     weights.add_argument("--models", type=Path, help="folder with <arch>/model.pt (trained)")
     weights.add_argument("--random", action="store_true", help="random weights of the real size")
     parser.add_argument("--archs", default="rnn,lstm,gru")
-    parser.add_argument("--max-length", type=int, default=400)
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="tokens kept per review (default: tokenize.max_length of "
+                             "params.yaml, as the exported models serve)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--step-rows", type=int, default=1000, help="reviews for the step table")
     parser.add_argument("--repeats", type=int, default=3, help="runs per batch in the steps")
@@ -453,6 +456,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/predict"))
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.max_length is None:
+        params = Path("params.yaml")
+        tokenize = yaml.safe_load(params.read_text()).get("tokenize", {}) if params.exists() else {}
+        args.max_length = int(tokenize.get("max_length", 400))
     return args
 
 
