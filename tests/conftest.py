@@ -92,6 +92,7 @@ def tiny_params(source: str | Path) -> dict[str, Any]:
         "seed": 0,
         "device": "cpu",
         "pretrained_embeddings": True,
+        "ema_decay": 0.9,
     }
     return {
         "data": {"source": str(source), "val_fraction": 0.2, "seed": 0},

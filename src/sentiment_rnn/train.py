@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from sentiment_rnn.data import Batch, TokenDataset, bucketed_batches, sorted_batches
@@ -42,6 +43,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     pretrained_embeddings: bool = False  # start from the `embeddings` stage's word vectors
     embedding_lr_scale: float = 1.0  # embedding lr = lr * this (0 freezes pretrained vectors)
+    # An exponential moving average of the weights, updated every step with this decay
+    # (0 = off). Each epoch both the raw and the averaged weights are scored on validation;
+    # the better of the two is what model selection and early stopping see.
+    ema_decay: float = 0.0
     bf16: bool = True  # bf16 autocast on CUDA; ignored on CPU
     max_steps_per_epoch: int = 0  # 0 = the whole split; >0 for smoke runs
 
@@ -52,6 +57,11 @@ class TrainConfig:
             raise UserError("train.epochs and train.batch_size must be >= 1, train.lr > 0")
         if cfg.embedding_lr_scale < 0:
             raise UserError("train.embedding_lr_scale must be >= 0 (0 freezes the embeddings)")
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise UserError(
+                f"train.ema_decay must be in [0, 1) (0 turns the weight average off), "
+                f"got {cfg.ema_decay}"
+            )
         return cfg
 
 
@@ -65,16 +75,19 @@ class EpochStats:
     seconds: float
     tokens_per_second: float
     lr: float
+    ema_val_loss: float | None = None  # the weight average's, when train.ema_decay > 0
+    ema_val_acc: float | None = None
 
     def __str__(self) -> str:
+        ema = "" if self.ema_val_acc is None else f" (weight average {self.ema_val_acc:.4f})"
         return (
             f"epoch {self.epoch}: train loss {self.train_loss:.4f} acc {self.train_acc:.4f} | "
-            f"val loss {self.val_loss:.4f} acc {self.val_acc:.4f} | "
+            f"val loss {self.val_loss:.4f} acc {self.val_acc:.4f}{ema} | "
             f"{self.seconds:.1f}s, {self.tokens_per_second:.0f} tok/s"
         )
 
     def as_metrics(self) -> dict[str, float]:
-        return {
+        metrics = {
             "train/loss": self.train_loss,
             "train/acc": self.train_acc,
             "val/loss": self.val_loss,
@@ -83,6 +96,9 @@ class EpochStats:
             "tokens_per_second": self.tokens_per_second,
             "lr": self.lr,
         }
+        if self.ema_val_acc is not None and self.ema_val_loss is not None:
+            metrics |= {"val_ema/loss": self.ema_val_loss, "val_ema/acc": self.ema_val_acc}
+        return metrics
 
 
 @dataclass
@@ -91,6 +107,7 @@ class FitResult:
     best_epoch: int = -1
     best_val_acc: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
+    best_weights: str = "raw"  # "raw" or "ema": which weights best_state holds
     seconds: float = 0.0
     resumed_from_epoch: int | None = None
 
@@ -209,8 +226,9 @@ def train_epoch(
     cfg: TrainConfig,
     device: torch.device,
     desc: str,
+    ema: AveragedModel | None = None,
 ) -> tuple[float, float, int]:
-    """Train over `batches`; returns (mean loss, accuracy, tokens seen)."""
+    """Train over `batches` (updating `ema` after each step); returns (loss, accuracy, tokens)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -221,6 +239,8 @@ def train_epoch(
             batch = data.batch(idx, device)
             step_loss, step_correct = train_step(model, batch, optimizer, cfg, device)
             schedule.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += step_loss
             correct += step_correct
             rows += len(idx)
@@ -267,6 +287,25 @@ def _load_checkpoint(path: Path | None, key: str) -> dict[str, Any] | None:
     return state
 
 
+def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights (None when decay is 0)."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _select(
+    result: FitResult, epoch: int, candidates: list[tuple[str, float, nn.Module]]
+) -> bool:
+    """Keep the candidate with the best val accuracy if it beats the best so far."""
+    name, acc, module = max(candidates, key=lambda c: c[1])  # ties keep the raw weights
+    if acc <= result.best_val_acc:
+        return False
+    result.best_epoch, result.best_val_acc, result.best_weights = epoch, acc, name
+    result.best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return True
+
+
 def fit(
     model: SentimentRNN,
     train: TokenDataset,
@@ -280,7 +319,8 @@ def fit(
 
     If `checkpoint` holds a state of the same job (`job_key`), training resumes after its last
     completed epoch and ends exactly as an uninterrupted run would (on CPU): each epoch reseeds
-    torch and the batch order from (seed, epoch).
+    torch and the batch order from (seed, epoch). With `cfg.ema_decay` > 0 the weight average
+    is a second candidate each epoch; it never changes the raw weights' trajectory.
     """
     device = resolve_device(cfg.device)
     model.to(device)
@@ -288,6 +328,7 @@ def fit(
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     optimizer, schedule = make_optimizer(model, cfg, steps)
+    ema = weight_average(model, cfg.ema_decay)
     result, bad_epochs, start_epoch = FitResult(), 0, 0
     key = fingerprint(asdict(model.cfg), asdict(cfg), job_key)
     state = _load_checkpoint(checkpoint, key)
@@ -295,9 +336,12 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         result.history = [EpochStats(**h) for h in state["history"]]
         result.best_epoch, result.best_val_acc = state["best_epoch"], state["best_val_acc"]
         result.best_state, bad_epochs = state["best_state"], state["bad_epochs"]
+        result.best_weights = state["best_weights"]
         start_epoch = result.resumed_from_epoch = state["epoch"] + 1
         result.seconds = state["seconds"]
         log.info("resuming %s after epoch %d", checkpoint, state["epoch"])
@@ -318,18 +362,21 @@ def fit(
             cfg,
             device,
             f"{model.cfg.arch} epoch {epoch}",
+            ema,
         )
         seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate_loss_acc(model, val, cfg.batch_size, device, cfg.bf16)
         lr = schedule.get_last_lr()[0]
         stats = EpochStats(epoch, loss, acc, val_loss, val_acc, seconds, tokens / seconds, lr)
+        candidates: list[tuple[str, float, nn.Module]] = [("raw", val_acc, model)]
+        if ema is not None:
+            stats.ema_val_loss, stats.ema_val_acc = evaluate_loss_acc(
+                ema.module, val, cfg.batch_size, device, cfg.bf16
+            )
+            candidates.append(("ema", stats.ema_val_acc, ema.module))
         result.history.append(stats)
         result.seconds += time.perf_counter() - t0
-        if val_acc > result.best_val_acc:
-            result.best_epoch, result.best_val_acc, bad_epochs = epoch, val_acc, 0
-            result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
+        bad_epochs = 0 if _select(result, epoch, candidates) else bad_epochs + 1
         log.info("%s %s", model.cfg.arch, stats)
         if checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -341,10 +388,12 @@ def fit(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
+                    "ema": None if ema is None else ema.state_dict(),
                     "history": [asdict(h) for h in result.history],
                     "best_epoch": result.best_epoch,
                     "best_val_acc": result.best_val_acc,
                     "best_state": result.best_state,
+                    "best_weights": result.best_weights,
                     "bad_epochs": bad_epochs,
                     "seconds": result.seconds,
                 },
@@ -360,7 +409,10 @@ def write_history_csv(path: Path, history: list[EpochStats]) -> None:
     """Per-epoch history for `dvc plots`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = [f.name for f in fields(EpochStats)]
-    lines = [",".join(cols)] + [",".join(str(getattr(h, c)) for c in cols) for h in history]
+    def cell(value: object) -> str:
+        return "" if value is None else str(value)
+
+    lines = [",".join(cols)] + [",".join(cell(getattr(h, c)) for c in cols) for h in history]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -370,6 +422,7 @@ def plot_history(path: Path, arch: str, history: list[EpochStats]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h.epoch for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -378,8 +431,12 @@ def plot_history(path: Path, arch: str, history: list[EpochStats]) -> None:
     ax_loss.set(title=f"{arch}: loss", xlabel="epoch", ylabel="BCE loss")
     ax_acc.plot(epochs, [h.train_acc for h in history], "o-", label="train")
     ax_acc.plot(epochs, [h.val_acc for h in history], "o-", label="validation")
+    if any(h.ema_val_acc is not None for h in history):
+        ema_acc = [math.nan if h.ema_val_acc is None else h.ema_val_acc for h in history]
+        ax_acc.plot(epochs, ema_acc, "s--", label="validation, weight average")
     ax_acc.set(title=f"{arch}: accuracy", xlabel="epoch", ylabel="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -412,8 +469,9 @@ def run_train(arch: str, section: dict[str, Any], experiment: str) -> FitResult:
     if cfg.pretrained_embeddings:
         from sentiment_rnn.embeddings import load_vectors
 
-        model.load_embeddings(torch.from_numpy(load_vectors(paths.EMBEDDINGS_FILE)))
-        vectors_sha = hashlib.sha256(paths.EMBEDDINGS_FILE.read_bytes()).hexdigest()
+        vectors = load_vectors(paths.EMBEDDINGS_FILE)
+        model.load_embeddings(torch.from_numpy(vectors))
+        vectors_sha = hashlib.sha256(vectors.tobytes()).hexdigest()
     device = resolve_device(cfg.device)
     out = paths.model_dir(arch)
     out.mkdir(parents=True, exist_ok=True)
@@ -450,6 +508,7 @@ def run_train(arch: str, section: dict[str, Any], experiment: str) -> FitResult:
         extra = {
             "best_val_acc": result.best_val_acc,
             "best_epoch": result.best_epoch,
+            "best_weights": result.best_weights,
             "tokenizer_sha256": tok_meta["tokenizer_sha256"],
             "mlflow_run_id": run.info.run_id,
         }
@@ -459,6 +518,7 @@ def run_train(arch: str, section: dict[str, Any], experiment: str) -> FitResult:
             "arch": arch,
             "best_val_acc": result.best_val_acc,
             "best_epoch": result.best_epoch,
+            "best_weights": result.best_weights,
             "epochs_run": len(result.history),
             "train_seconds": round(result.seconds, 2),
             "mean_epoch_seconds": round(float(np.mean([h.seconds for h in result.history])), 2),
@@ -472,6 +532,7 @@ def run_train(arch: str, section: dict[str, Any], experiment: str) -> FitResult:
         write_history_csv(paths.PLOTS_DIR / f"train-{arch}.csv", result.history)
         plot_history(paths.PLOTS_DIR / f"train-{arch}.png", arch, result.history)
         mlflow.log_metric("best_val_acc", result.best_val_acc)
+        mlflow.set_tag("best_weights", result.best_weights)
         mlflow.log_metric("train_seconds", result.seconds)
         mlflow.log_artifact(str(paths.PLOTS_DIR / f"train-{arch}.png"), "plots")
         mlflow.log_artifact(str(out / "model_config.json"))

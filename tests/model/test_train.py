@@ -46,12 +46,14 @@ def test_training_is_deterministic(tokenized_project: Path) -> None:
         torch.testing.assert_close(v, b.state_dict()[k], atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["raw", "weight-average"])
 def test_resume_after_kill_matches_uninterrupted_run(
-    tokenized_project: Path, tmp_path: Path
+    tokenized_project: Path, tmp_path: Path, ema_decay: float
 ) -> None:
     train, val = _data(tokenized_project)
+    cfg = replace(CFG, ema_decay=ema_decay)
     full = _model()
-    expected = fit(full, train, val, CFG)
+    expected = fit(full, train, val, cfg)
 
     def kill_after_first_epoch(stats) -> None:
         if stats.epoch == 1:
@@ -59,15 +61,50 @@ def test_resume_after_kill_matches_uninterrupted_run(
 
     checkpoint = tmp_path / "ckpt.pt"
     with pytest.raises(Killed):
-        fit(_model(), train, val, CFG, checkpoint, kill_after_first_epoch)
+        fit(_model(), train, val, cfg, checkpoint, kill_after_first_epoch)
     resumed_model = _model(arch="gru")
     torch.nn.init.normal_(resumed_model.head.weight)  # the checkpoint, not the init, must win
-    resumed = fit(resumed_model, train, val, CFG, checkpoint)
+    resumed = fit(resumed_model, train, val, cfg, checkpoint)
     assert resumed.resumed_from_epoch == 2
-    assert [h.val_acc for h in resumed.history] == [h.val_acc for h in expected.history]
+    assert [(h.val_acc, h.ema_val_acc) for h in resumed.history] == [
+        (h.val_acc, h.ema_val_acc) for h in expected.history
+    ]
     assert resumed.best_epoch == expected.best_epoch
+    assert resumed.best_weights == expected.best_weights
     for k, v in full.state_dict().items():
         torch.testing.assert_close(resumed_model.state_dict()[k], v, atol=0, rtol=0)
+
+
+def test_weight_average_competes_without_changing_the_raw_run(tokenized_project: Path) -> None:
+    """With ema_decay, the raw weights follow exactly the run without it; the weight average is
+    scored beside them each epoch, and the kept model is the best of both on validation."""
+    from sentiment_rnn.train import evaluate_loss_acc
+
+    train, val = _data(tokenized_project)
+    plain = fit(_model(), train, val, CFG)
+    model = _model()
+    averaged = fit(model, train, val, replace(CFG, ema_decay=0.9))
+    assert [h.val_acc for h in averaged.history] == [h.val_acc for h in plain.history]
+    assert all(h.ema_val_acc is not None for h in averaged.history)
+    assert [h.ema_val_acc for h in averaged.history] != [h.val_acc for h in averaged.history]
+    candidates = [
+        (acc, name)
+        for h in averaged.history
+        for acc, name in ((h.val_acc, "raw"), (h.ema_val_acc, "ema"))
+    ]
+    assert averaged.best_val_acc == max(acc for acc, _ in candidates)
+    assert (averaged.best_val_acc, averaged.best_weights) in candidates
+    _, kept_acc = evaluate_loss_acc(model, val, CFG.batch_size, torch.device("cpu"))
+    assert kept_acc == averaged.best_val_acc
+    assert plain.history[0].ema_val_acc is None and "val_ema/acc" not in (
+        plain.history[0].as_metrics()
+    )
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_ema_decay_out_of_range_is_refused(decay: float) -> None:
+    with pytest.raises(UserError, match="ema_decay must be in"):
+        TrainConfig.from_dict({"ema_decay": decay})
 
 
 def test_checkpoint_of_another_configuration_is_ignored(
@@ -117,13 +154,16 @@ def test_stage_logs_one_run_to_mlflow(
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.arch"] == "rnn" and run.data.params["train.epochs"] == "1"
-    assert {"train/loss", "val/acc", "best_val_acc", "tokens_per_second"} <= set(run.data.metrics)
+    assert {"train/loss", "val/acc", "val_ema/acc", "best_val_acc", "tokens_per_second"} <= set(
+        run.data.metrics
+    )
     history = mlflow.tracking.MlflowClient().get_metric_history(run_id, "val/acc")
     assert [m.step for m in history] == [0]
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run_id)}
     assert {"plots", "model", "model_config.json"} <= artifacts
     assert run.data.tags["arch"] == "rnn" and run.data.tags["device"] == "cpu"
     metrics = json.loads((project / "reports/metrics/train-rnn.json").read_text())
+    assert metrics["best_weights"] in {"raw", "ema"}
     assert (
         metrics["epochs_run"] == 1 and (project / "reports/plots/train-rnn.png").stat().st_size > 0
     )
