@@ -13,6 +13,7 @@ from sklearn.model_selection import train_test_split
 
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.files import write_json
+from sentiment_rnn.paths import is_local_source
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +28,11 @@ LOCAL_HINT = (
 UNLABELLED = "unsupervised"  # IMDB's 50,000 unlabelled reviews: word vectors only, never labels
 
 
-def _is_local(source: str) -> bool:
-    """A source is local if it exists or looks like a path rather than an `owner/name` hub id."""
-    return Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") != 1
-
-
 def load_source(source: str) -> dict[str, pd.DataFrame]:
     """The `train`, `test` and (where present) `unsupervised` splits of `source` as DataFrames."""
     import datasets  # imported here: the training core must run where `datasets` is absent
 
-    if _is_local(source):
+    if is_local_source(source):
         path = Path(source).expanduser()
         if not path.exists():
             raise UserError(f"data.source '{source}' does not exist: {LOCAL_HINT}")
@@ -172,10 +168,13 @@ def _digests(texts: pd.Series) -> set[str]:
     return {hashlib.sha1(t.encode()).hexdigest() for t in texts}
 
 
-def split_stats(splits: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """Row and label counts per split, plus duplicates within and overlap across splits."""
+def split_stats(
+    splits: dict[str, pd.DataFrame], digests: dict[str, set[str]] | None = None
+) -> dict[str, Any]:
+    """Row and label counts per split, plus duplicates within and overlap across splits
+    (`digests`: each split's text digests, when the caller already has them)."""
     stats: dict[str, Any] = {}
-    digests = {name: _digests(df["text"]) for name, df in splits.items()}
+    digests = digests or {name: _digests(df["text"]) for name, df in splits.items()}
     for name, df in splits.items():
         counts = df["label"].value_counts()
         stats[name] = {
@@ -206,11 +205,13 @@ def run_download(
         df.to_parquet(out_dir / f"{name}.parquet", index=False)
     unlabelled = unlabelled_texts(raw.get(UNLABELLED))
     unlabelled.to_parquet(out_dir / f"{UNLABELLED}.parquet", index=False)
-    stats = split_stats(splits)
+    digests = {name: _digests(df["text"]) for name, df in splits.items()}
+    stats = split_stats(splits, digests)
+    unlabelled_digests = _digests(unlabelled["text"])
     stats[UNLABELLED] = {
         "rows": len(unlabelled),
-        "overlap_with_val": len(_digests(unlabelled["text"]) & _digests(val["text"])),
-        "overlap_with_test": len(_digests(unlabelled["text"]) & _digests(test["text"])),
+        "overlap_with_val": len(unlabelled_digests & digests["val"]),
+        "overlap_with_test": len(unlabelled_digests & digests["test"]),
     }
     stats["source"] = source
     write_json(metrics_path, stats)

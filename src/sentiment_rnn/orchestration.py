@@ -20,6 +20,7 @@ from ruamel.yaml.nodes import ScalarNode
 
 from sentiment_rnn import tracking
 from sentiment_rnn.errors import UserError
+from sentiment_rnn.paths import is_local_source
 
 # What became of a stage in one flow run.
 RAN = "ran"  # DVC ran the stage's command
@@ -329,12 +330,8 @@ def read_param(path: Path, dotted: str) -> object:
 
 
 def is_remote_source(source: str, root: Path) -> bool:
-    """A hub id (`owner/name`, no such local path) needs the network; local copies do not.
-
-    Mirrors the stage's own rule (sentiment_rnn.download) without importing pandas here.
-    """
-    local = (root / source).exists() or source.startswith((".", "/", "~")) or source.count("/") != 1
-    return not local
+    """A hub id (`owner/name`, no such local path) needs the network; local copies do not."""
+    return not is_local_source(source, root)
 
 
 def resolve_tracking_uri(root: Path) -> str:

@@ -11,6 +11,14 @@ METRICS_DIR = Path("reports/metrics")
 PLOTS_DIR = Path("reports/plots")
 
 
+def is_local_source(source: str, root: Path = Path(".")) -> bool:
+    """`data.source` is a local copy if it exists under `root` or looks like a path; otherwise
+    it is an `owner/name` Hugging Face hub id, which needs the network."""
+    return (root / source).expanduser().exists() or source.startswith((".", "/", "~")) or (
+        source.count("/") != 1
+    )
+
+
 def model_dir(arch: str) -> Path:
     return MODELS_DIR / arch
 
