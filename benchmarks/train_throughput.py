@@ -21,7 +21,13 @@ from torch import nn
 from sentiment_rnn.data import TokenDataset, bucketed_batches
 from sentiment_rnn.model import ModelConfig, SentimentRNN
 from sentiment_rnn.tokenize import load_encoded
-from sentiment_rnn.train import TrainConfig, make_optimizer, resolve_device, train_epoch
+from sentiment_rnn.train import (
+    TrainConfig,
+    make_optimizer,
+    resolve_device,
+    train_epoch,
+    weight_average,
+)
 
 
 def bare_loop(
@@ -52,10 +58,13 @@ def stage_loop(
     cfg: TrainConfig,
     device: torch.device,
 ) -> float:
-    """The train stage's own epoch loop (clipping, schedule, accounting, progress bar)."""
+    """The train stage's own epoch loop (clipping, schedule, weight average, accounting, bar)."""
     optimizer, schedule = make_optimizer(model, cfg, len(batches))
+    ema = weight_average(model, cfg.ema_decay)
     start = time.perf_counter()
-    _, _, tokens = train_epoch(model, data, batches, optimizer, schedule, cfg, device, "bench")
+    _, _, tokens = train_epoch(
+        model, data, batches, optimizer, schedule, cfg, device, "bench", ema
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return tokens / (time.perf_counter() - start)
@@ -68,13 +77,16 @@ def main() -> None:
     parser.add_argument("--arch", default="lstm", choices=["rnn", "lstm", "gru"])
     parser.add_argument("--steps", type=int, default=40, help="batches per timed loop")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--ema-decay", type=float, default=0.998, help="the stage's weight average (0 = off)"
+    )
     parser.add_argument("--tokens", type=Path, default=Path("data/tokens/train.npz"))
     parser.add_argument(
         "--out", type=Path, default=Path("reports/benchmarks/train_throughput.json")
     )
     args = parser.parse_args()
 
-    cfg = replace(TrainConfig(), device="auto", bf16=False)
+    cfg = replace(TrainConfig(), device="auto", bf16=False, ema_decay=args.ema_decay)
     device = resolve_device(cfg.device)
     data = TokenDataset(load_encoded(args.tokens))
     batches = bucketed_batches(data.lengths_np, cfg.batch_size, np.random.default_rng(0))[
@@ -93,6 +105,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "steps": args.steps,
+        "ema_decay": args.ema_decay,
         "repeats": args.repeats,
         "bare_tokens_per_s": [round(x) for x in bare],
         "stage_tokens_per_s": [round(x) for x in stage],
