@@ -220,7 +220,10 @@ class TemporaryServer:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+        # A throwaway local server sends no telemetry (offline it logs a red "Failed to send
+        # telemetry" error); a user's own PREFECT_SERVER_ANALYTICS_ENABLED still wins.
+        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ,
+               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1",
                **get_current_settings().to_environment_variables(exclude_unset=True)}
         cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
