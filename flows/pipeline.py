@@ -38,6 +38,7 @@ from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as
 
 from sentiment_rnn import orchestration as orch
 from sentiment_rnn.errors import UserError
+from sentiment_rnn.paths import is_local_source
 from sentiment_rnn.tracking import PARENT_RUN_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def run_stage(stage: str, root: Path, extra_env: dict[str, str], up_to_date: boo
 def stage_task(stage: str, root: Path) -> Task[..., str]:
     """Retries only for a download from the hub: a missing local folder will not reappear."""
     source = str(orch.read_param(root / PARAMS, "data.source"))
-    if stage in NETWORK_STAGES and orch.is_remote_source(source, root):
+    if stage in NETWORK_STAGES and not is_local_source(source, root):
         return run_stage.with_options(retries=len(DOWNLOAD_RETRY_DELAYS),
                                       retry_delay_seconds=DOWNLOAD_RETRY_DELAYS)
     return run_stage

@@ -169,12 +169,11 @@ def _digests(texts: pd.Series) -> set[str]:
 
 
 def split_stats(
-    splits: dict[str, pd.DataFrame], digests: dict[str, set[str]] | None = None
+    splits: dict[str, pd.DataFrame], digests: dict[str, set[str]]
 ) -> dict[str, Any]:
     """Row and label counts per split, plus duplicates within and overlap across splits
-    (`digests`: each split's text digests, when the caller already has them)."""
+    (`digests`: each split's text digests)."""
     stats: dict[str, Any] = {}
-    digests = digests or {name: _digests(df["text"]) for name, df in splits.items()}
     for name, df in splits.items():
         counts = df["label"].value_counts()
         stats[name] = {

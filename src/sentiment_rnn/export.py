@@ -342,21 +342,18 @@ def log_and_register(
     """
     import mlflow
     import mlflow.onnx
-    import onnxruntime as ort
+
+    from sentiment_rnn.serving.onnx_model import quiet_onnxruntime
 
     # MLflow loads the logged model on its default providers (CUDA, then CPU) to check the
-    # input example. Where CUDA cannot load, onnxruntime prints a red error although MLflow's
-    # own warning then says the CPU provider ran: silence onnxruntime for this call only.
-    ort.set_default_logger_severity(4)
-    try:
+    # input example; where CUDA cannot load, MLflow's own warning says the CPU provider ran.
+    with quiet_onnxruntime():
         info = mlflow.onnx.log_model(
             proto, name="onnx-model", signature=signature(), input_example=example.feed(),
             registered_model_name=registered_name, save_as_external_data=False,
             pip_requirements=serving_requirements(),
             extra_files=[str(p) for p in extra_files] if extra_files else None,
         )  # fmt: skip
-    finally:
-        ort.set_default_logger_severity(2)
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
     for key, value in tags.items():

@@ -20,7 +20,6 @@ from ruamel.yaml.nodes import ScalarNode
 
 from sentiment_rnn import tracking
 from sentiment_rnn.errors import UserError
-from sentiment_rnn.paths import is_local_source
 
 # What became of a stage in one flow run.
 RAN = "ran"  # DVC ran the stage's command
@@ -327,11 +326,6 @@ def read_param(path: Path, dotted: str) -> object:
             raise UserError(f"{path} has no '{dotted}' (missing '{key}')")
         data = data[key]
     return data
-
-
-def is_remote_source(source: str, root: Path) -> bool:
-    """A hub id (`owner/name`, no such local path) needs the network; local copies do not."""
-    return not is_local_source(source, root)
 
 
 def resolve_tracking_uri(root: Path) -> str:

@@ -9,6 +9,7 @@ import pytest
 from sentiment_rnn import orchestration as orch
 from sentiment_rnn import tracking
 from sentiment_rnn.errors import UserError
+from sentiment_rnn.paths import is_local_source
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,7 +167,7 @@ def test_set_param_names_what_is_missing(params_copy):
                                                 ("./imdb", False), ("/x/imdb", False),
                                                 ("imdb", False), ("a/b/c", False)])
 def test_is_remote_source(tmp_path, source, remote):
-    assert orch.is_remote_source(source, tmp_path) is remote
+    assert is_local_source(source, tmp_path) is not remote
 
 
 def test_relative_sqlite_uri_is_anchored_at_the_project_root(tmp_path, monkeypatch):

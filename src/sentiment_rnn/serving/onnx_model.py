@@ -16,7 +16,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,24 +119,33 @@ def model_bytes(path: Path, rewrite_rnn: bool = True) -> bytes:
     return proto.SerializeToString()
 
 
+@contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """Silence onnxruntime's own log for the block: a CUDA provider that cannot load (no GPU,
+    no CUDA 13 / cuDNN 9) prints a red error before falling back to CPU, which the caller
+    reports itself in one line."""
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
 def create_session(path: Path, providers: Sequence[str] | None = None, threads: int = 0,
                    parallel: bool = False, rewrite_rnn: bool = True) -> ort.InferenceSession:
     """A session on the requested providers; says which one really runs."""
     names, strict = resolve_providers(providers)
-    if not strict and CUDA in names:
-        # A CUDA provider that cannot load (no GPU, no CUDA 13 / cuDNN 9) logs a red error and
-        # falls back to CPU; in auto mode that is expected, so it is reported once, below.
-        ort.set_default_logger_severity(4)
+    # In auto mode a CUDA provider that cannot load is expected: it is reported once, below.
+    quiet = quiet_onnxruntime() if not strict and CUDA in names else nullcontext()
     try:
-        session = ort.InferenceSession(model_bytes(path, rewrite_rnn),
-                                       session_options(threads, parallel), providers=names)
+        with quiet:
+            session = ort.InferenceSession(model_bytes(path, rewrite_rnn),
+                                           session_options(threads, parallel), providers=names)
     except UserError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types from pybind
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a valid ONNX model ({first})") from None
-    finally:
-        ort.set_default_logger_severity(2)
     running = session.get_providers()
     if strict and running[0] != names[0]:
         raise UserError(f"{names[0]} was requested but did not load; running: {running}")
