@@ -13,7 +13,13 @@ from sentiment_rnn.data import TokenDataset
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.model import ModelConfig, SentimentRNN
 from sentiment_rnn.tokenize import load_encoded
-from sentiment_rnn.train import TrainConfig, TrainingDiverged, fit, run_train
+from sentiment_rnn.train import (
+    TrainConfig,
+    TrainingDiverged,
+    fit,
+    run_train,
+    set_forget_gate_bias,
+)
 from tests.conftest import working_dir
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=0.01, patience=5, seed=0, device="cpu")
@@ -105,6 +111,41 @@ def test_weight_average_competes_without_changing_the_raw_run(tokenized_project:
 def test_ema_decay_out_of_range_is_refused(decay: float) -> None:
     with pytest.raises(UserError, match="ema_decay must be in"):
         TrainConfig.from_dict({"ema_decay": decay})
+
+
+@pytest.mark.parametrize("cell", ["fused", "reference"])
+def test_forget_gate_bias_sets_only_the_forget_gates(cell: str) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="lstm", vocab_size=50, embed_dim=8, hidden_size=6, num_layers=2, cell=cell
+    )
+    model = SentimentRNN(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert set_forget_gate_bias(model, 1.0) == 4  # 2 layers x 2 directions
+    h, changed = cfg.hidden_size, 0
+    for name, value in model.state_dict().items():
+        if "bias" not in name or name.startswith("head"):
+            torch.testing.assert_close(value, before[name], atol=0, rtol=0)
+            continue
+        gates = value.view(4, h)  # input, forget, candidate, output
+        keep = [0, 2, 3]
+        torch.testing.assert_close(gates[keep], before[name].view(4, h)[keep], atol=0, rtol=0)
+        changed += 1
+    assert changed == (8 if cell == "fused" else 4)
+    # what the gate sees is the sum of its biases: exactly the value asked for
+    for directions in model.layers:
+        for layer in directions:
+            if cell == "fused":
+                total = layer.bias_ih_l0[h : 2 * h] + layer.bias_hh_l0[h : 2 * h]
+            else:
+                total = layer.cell.linear.bias[h : 2 * h]
+            torch.testing.assert_close(total, torch.ones(h))
+
+
+@pytest.mark.parametrize("arch", ["rnn", "gru"])
+def test_forget_gate_bias_on_a_model_without_one_is_refused(arch: str) -> None:
+    with pytest.raises(UserError, match="LSTMs only"):
+        set_forget_gate_bias(_model(arch), 1.0)
 
 
 def test_checkpoint_of_another_configuration_is_ignored(
