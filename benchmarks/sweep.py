@@ -28,7 +28,7 @@ from sentiment_rnn.data import TokenDataset
 from sentiment_rnn.embeddings import EmbeddingConfig, fit_embeddings
 from sentiment_rnn.model import ModelConfig, SentimentRNN, count_parameters
 from sentiment_rnn.tokenize import Encoded, TokenizeConfig, encode, train_tokenizer
-from sentiment_rnn.train import TrainConfig, fit, resolve_device
+from sentiment_rnn.train import TrainConfig, fit, resolve_device, set_forget_gate_bias
 
 
 def merged(defaults: dict[str, Any], run: dict[str, Any], key: str) -> dict[str, Any]:
@@ -66,6 +66,8 @@ def run_one(
     mcfg = ModelConfig.from_dict({"arch": arch, "vocab_size": vocab_size, **model_cfg})
     torch.manual_seed(cfg.seed)
     model = SentimentRNN(mcfg)
+    if cfg.forget_gate_bias is not None:
+        set_forget_gate_bias(model, cfg.forget_gate_bias)
     if vectors is not None:
         model.load_embeddings(torch.from_numpy(vectors))
     result = fit(model, data["train"], data["val"], cfg)
