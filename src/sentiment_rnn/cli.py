@@ -161,7 +161,13 @@ def predict(
             "auto: CUDA when it loads, else CPU."
         ),
     ] = "auto",
-    threads: Annotated[int, typer.Option(help="onnxruntime threads (0: its default).")] = 0,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="Threads for onnxruntime and for the tokenizer (0: their defaults, one per "
+            "core). Fewer threads, less memory."
+        ),
+    ] = 0,
     parallel: Annotated[
         bool,
         typer.Option(help="Run independent nodes (the two directions) at once, one thread each."),

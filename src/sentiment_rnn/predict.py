@@ -147,6 +147,19 @@ def release_freed_memory() -> bool:
     return True
 
 
+def size_tokenizer_pool(threads: int) -> None:
+    """Give the tokenizer's thread pool `threads` threads too (0: leave it at one per core).
+
+    tokenizers encodes batches on a Rust (rayon) pool of one thread per core, sized from
+    RAYON_NUM_THREADS when it is first used; each thread holds its own malloc arena, so on a
+    many-core machine the pool alone takes hundreds of MB. A RAYON_NUM_THREADS the user set
+    wins; in a process that has already tokenised a batch, the pool is fixed and this is a
+    no-op.
+    """
+    if threads > 0:
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+
+
 def infer_sorted(model: ScoringModel, rows: list[np.ndarray], batch_size: int) -> np.ndarray:
     """Probabilities in the order of `rows`, computed over length-sorted batches."""
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
@@ -352,5 +365,6 @@ def run_predict(
     """The command's entry: load the model (a file or a `models:/` URI), then score."""
     from sentiment_rnn.serving.onnx_model import load_model
 
+    size_tokenizer_pool(threads)
     scoring_model = load_model(model, tokenizer, providers, threads, parallel=parallel, int8=int8)
     return predict_file(scoring_model, input_path, output_path, **options)

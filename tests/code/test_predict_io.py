@@ -492,3 +492,29 @@ def test_freed_memory_goes_back_to_the_os_between_chunks() -> None:
     before = _rss_mb()
     assert release_freed_memory()
     assert before - _rss_mb() > 100, "malloc_trim released less than 100 MB of ~190 MB freed"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/task")
+def test_threads_option_sizes_the_tokenizer_pool(tmp_path: Path) -> None:
+    """`--threads N` gives the tokenizer's Rust thread pool N threads, whatever the core count:
+    the pool grows by exactly the difference between two settings."""
+    import subprocess
+
+    tokenizer = make_tokenizer(tmp_path / "tokenizer.json")
+    script = (
+        "import os, sys\n"
+        "from tokenizers import Tokenizer\n"
+        "from sentiment_rnn.predict import size_tokenizer_pool\n"
+        "size_tokenizer_pool(int(sys.argv[2]))\n"
+        "Tokenizer.from_file(sys.argv[1]).encode_batch(['a good film'] * 5000)\n"
+        "print(len(os.listdir('/proc/self/task')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYON_")}
+    env["TOKENIZERS_PARALLELISM"] = "true"
+
+    def threads_with(pool: int) -> int:
+        out = subprocess.run([sys.executable, "-c", script, str(tokenizer), str(pool)],
+                             env=env, capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())
+
+    assert threads_with(5) - threads_with(2) == 3
