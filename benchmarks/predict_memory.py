@@ -140,11 +140,13 @@ def growth_mb_per_100k(curve: list[dict]) -> float | None:
 
 def markdown(report: dict[str, Any]) -> str:
     verdict = "under" if report["within_target"] else "NOT under"
+    env = " ".join(f"{k}={v}" for k, v in report.get("environment", {}).items()) or "none set"
     lines = [
         "# Peak memory of `sentiment-rnn predict`", "",
         f"Command: `{report['command']}`", "",
         f"Input: {report['rows']} rows cycled from {report['reviews']}. Machine: "
-        f"{report['machine']}.", "",
+        f"{report['machine']}. Environment: "
+        f"`{env}`.", "",
         f"Peak RSS (kernel, ru_maxrss): **{report['peak_rss_mb']} MB**, {verdict} the "
         f"{TARGET_MB:.0f} MB target; {report['seconds']} s, exit status {report['returncode']}"
         f" (completed: {report['completed']}). Summary: `{report['summary']}`", "",
@@ -174,7 +176,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder for the big input and output files "
         "(default: a temporary folder, removed at the end)",
     )
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime and tokenizer threads (0: all cores)"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--chunk-rows", type=int, default=8192)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
@@ -216,7 +220,14 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rss_mb_timeline": timeline[:: max(1, len(timeline) // 40)],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
                    f"{platform.python_version()}",
+        "environment": memory_environment(),
     }  # fmt: skip
+
+
+def memory_environment() -> dict[str, str]:
+    """The variables set for the run that change its threads or its allocator."""
+    prefixes = ("MALLOC_", "RAYON_", "OMP_", "TOKENIZERS_")
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes)}
 
 
 def _interrupt(signum: int, frame: Any) -> None:
