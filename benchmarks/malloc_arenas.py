@@ -1,0 +1,133 @@
+"""Memory and speed of `sentiment-rnn predict` with and without its cap on malloc arenas.
+
+    PYTHONPATH=src python benchmarks/malloc_arenas.py --model models/rnn.onnx \\
+        --tokenizer models/rnn.tokenizer.json \\
+        --reviews ../shared/data/imdb/plain_text/test-00000-of-00001.parquet \\
+        --rows 150000 --threads 16 --out reports/benchmarks/malloc-arenas
+
+`predict` caps glibc's malloc arenas (`limit_malloc_arenas`) before its thread pools start;
+glibc's own limit is 8 arenas per core, so on a many-core machine every tokenizer and
+onnxruntime thread keeps an arena of its own. This runs the same command on the same file
+twice, alternately `--repeats` times: once with MALLOC_ARENA_MAX set to `--baseline-arenas`
+(a value the user sets wins over the cap, so this is glibc's behaviour on a machine with
+`--baseline-arenas / 8` cores), once as shipped. `--threads 16` on a small machine starts the
+thread pools of a 16-core one. Each run's peak RSS (kernel), RSS growth per 100,000 rows and
+rows/s are recorded; speed is the ratio of the two in this run. Writes
+<out>/malloc_arenas.json and <out>/malloc_arenas.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from predict_memory import SRC, cycled_reviews, growth_mb_per_100k, rows_curve, run_measured
+
+RATE = re.compile(r"([\d,]+) rows/s\s*$")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help=".onnx file")
+    parser.add_argument("--tokenizer", type=Path, required=True)
+    parser.add_argument("--reviews", type=Path, required=True, help="Parquet with the reviews")
+    parser.add_argument("--rows", type=int, default=150_000)
+    parser.add_argument("--threads", type=int, default=16,
+                        help="onnxruntime and tokenizer threads (0: one per core)")
+    parser.add_argument("--baseline-arenas", type=int, default=128,
+                        help="MALLOC_ARENA_MAX of the baseline run (glibc: 8 per core)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the reports")
+    return parser.parse_args(argv)
+
+
+def one_run(args: argparse.Namespace, big: Path, work: Path, env: dict[str, str],
+            name: str) -> dict[str, Any]:
+    """One measured `predict` over `big`; its peak, growth and speed."""
+    cmd = [sys.executable, "-m", "sentiment_rnn.cli", "predict", "-m", str(args.model),
+           "--tokenizer", str(args.tokenizer), "-i", str(big), "-o", str(work / "out.parquet"),
+           "--id-column", "id", "--no-progress", "--providers", "cpu",
+           "--threads", str(args.threads)]  # fmt: skip
+    log_path = args.out / f"{name}.log"
+    print(f"{name}: {' '.join(cmd)}", flush=True)
+    run = run_measured(cmd, env, log_path, interval=0.5, max_seconds=0)
+    log_text = log_path.read_text()
+    summary = next((line for line in log_text.splitlines() if " rows -> " in line), "")
+    rate = RATE.search(summary)
+    if run["returncode"] != 0 or rate is None:
+        raise SystemExit(f"{name} failed (status {run['returncode']}): see {log_path}")
+    curve = rows_curve(log_text, run["samples"], run["start"])
+    result = {"run": name, "peak_rss_mb": run["peak_rss_mb"], "seconds": run["seconds"],
+              "rows_per_second": float(rate.group(1).replace(",", "")),
+              "growth_mb_per_100k_rows": growth_mb_per_100k(curve), "rss_by_rows": curve}
+    print(f"{name}: peak {result['peak_rss_mb']} MB, growth "
+          f"{result['growth_mb_per_100k_rows']} MB/100k rows, {result['rows_per_second']} rows/s",
+          flush=True)
+    return result
+
+
+def summarise(runs: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    mine = [r for r in runs if r["run"].startswith(label)]
+    growth = [r["growth_mb_per_100k_rows"] for r in mine if r["growth_mb_per_100k_rows"]]
+    return {"peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
+            "growth_mb_per_100k_rows": statistics.median(growth) if growth else None,
+            "rows_per_second": statistics.median(r["rows_per_second"] for r in mine)}
+
+
+def row(name: str, result: dict[str, Any]) -> str:
+    return (f"| {name} | {result['peak_rss_mb']} | {result['growth_mb_per_100k_rows']} | "
+            f"{result['rows_per_second']:,.0f} |")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    base, capped = report["baseline"], report["capped"]
+    lines = [
+        "# `sentiment-rnn predict` with and without its malloc arena cap", "",
+        f"Command: `python benchmarks/malloc_arenas.py {report['argv']}`", "",
+        f"Machine: {report['machine']}. {report['rows']:,} rows cycled from {report['reviews']}, "
+        f"`--threads {report['threads']}`, {report['repeats']} run(s) each, alternating.", "",
+        "| run | peak RSS MB | RSS growth MB per 100k rows | rows/s |", "| --- | --- | --- | --- |",
+        row(f"glibc's arenas (MALLOC_ARENA_MAX={report['baseline_arenas']})", base),
+        row(f"as shipped (cap of {report['cap']})", capped), "",
+        f"Speed, capped / glibc's: **{report['speed_ratio']:.2f}x**.", "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    sys.path.insert(0, str(SRC))
+    from sentiment_rnn.predict import DEFAULT_MALLOC_ARENAS
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    base_env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    base_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="malloc-arenas-") as tmp:
+        big = cycled_reviews(args.reviews, Path(tmp) / "reviews.parquet", args.rows, "text")
+        for i in range(args.repeats):
+            baseline_env = base_env | {"MALLOC_ARENA_MAX": str(args.baseline_arenas)}
+            runs.append(one_run(args, big, Path(tmp), baseline_env, f"baseline-{i}"))
+            runs.append(one_run(args, big, Path(tmp), base_env, f"capped-{i}"))
+    baseline, capped = summarise(runs, "baseline"), summarise(runs, "capped")
+    report = {"argv": " ".join(sys.argv[1:] if argv is None else argv), "rows": args.rows,
+              "reviews": str(args.reviews), "threads": args.threads,
+              "baseline_arenas": args.baseline_arenas, "cap": DEFAULT_MALLOC_ARENAS,
+              "repeats": args.repeats, "baseline": baseline, "capped": capped,
+              "speed_ratio": capped["rows_per_second"] / baseline["rows_per_second"],
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
+                         f"{platform.python_version()}", "runs": runs}  # fmt: skip
+    (args.out / "malloc_arenas.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "malloc_arenas.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
