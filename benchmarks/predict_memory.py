@@ -109,28 +109,32 @@ def run_measured(
             "samples": sampler.samples}  # fmt: skip
 
 
-def rss_at(samples: list[tuple[float, float]], when: float) -> float | None:
-    """The last RSS sampled at or before `when`."""
-    before = [mb for t, mb in samples if t <= when]
-    return before[-1] if before else None
+def peak_between(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """The highest RSS sampled in (start, end]."""
+    inside = [mb for t, mb in samples if start < t <= end]
+    return max(inside) if inside else None
 
 
 def rows_curve(log_text: str, samples: list[tuple[float, float]], start: float) -> list[dict]:
-    """(seconds, rows scored, RSS MB) at each progress line of the command's log."""
+    """(seconds, rows scored, peak RSS MB since the previous line) at each progress line of
+    the command's log. The peak, not the RSS at that moment: after each chunk predict hands
+    memory back, so a sample right after a release reads low."""
     curve = []
+    previous = start
     for line in log_text.splitlines():
         match = PROGRESS.match(line)
         if match:
             when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            rss = rss_at(samples, when)
+            rss = peak_between(samples, previous, when)
+            previous = when
             curve.append({"seconds": round(when - start, 1), "rows": int(match.group(2)),
                           "rss_mb": None if rss is None else round(rss, 1)})  # fmt: skip
     return curve
 
 
 def growth_mb_per_100k(curve: list[dict]) -> float | None:
-    """RSS growth per 100,000 rows between the second and the last progress line (the first
-    still includes warm-up: the arena reaching the longest batch)."""
+    """Growth of the peak RSS per 100,000 rows between the second and the last progress line
+    (the first still includes warm-up: the arena reaching the longest batch)."""
     points = [p for p in curve if p["rss_mb"] is not None]
     if len(points) < 3 or points[-1]["rows"] == points[1]["rows"]:
         return None
@@ -151,7 +155,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{TARGET_MB:.0f} MB target; {report['seconds']} s, exit status {report['returncode']}"
         f" (completed: {report['completed']}). Summary: `{report['summary']}`", "",
         f"RSS growth after warm-up: {report['growth_mb_per_100k_rows']} MB per 100k rows.", "",
-        "| seconds | rows scored | RSS MB |", "| --- | --- | --- |",
+        "| seconds | rows scored | peak RSS MB since the previous line |", "| --- | --- | --- |",
     ]  # fmt: skip
     lines += [f"| {p['seconds']} | {p['rows']} | {p['rss_mb']} |" for p in report["rss_by_rows"]]
     lines += [

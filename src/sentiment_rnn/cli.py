@@ -182,6 +182,13 @@ def predict(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (on a terminal).")] = True,
+    release_memory: Annotated[
+        bool,
+        typer.Option(
+            help="After each chunk, hand onnxruntime's arena and the freed heap back to the OS, "
+            "so memory stays flat over a long file."
+        ),
+    ] = True,
 ) -> None:
     """Score a file of reviews with an exported ONNX model; one output row per input row."""
     from sentiment_rnn.predict import run_predict
@@ -192,7 +199,7 @@ def predict(
         providers=[p.strip() for p in providers.split(",") if p.strip()],
         text_column=text_column, id_column=id_column, input_format=input_format,
         output_format=output_format, batch_size=batch_size, chunk_rows=chunk_rows,
-        progress=progress,
+        progress=progress, release_memory=release_memory,
     )  # fmt: skip
     typer.echo(summary.line())
 

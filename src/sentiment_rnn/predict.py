@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,52 +121,35 @@ class DuplicateIds:
         return len(hashes) - len(np.unique(hashes))
 
 
-M_ARENA_MAX = -8  # mallopt parameter, glibc <malloc.h>
-DEFAULT_MALLOC_ARENAS = 4
-
-
 @functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    """This process's C library where it is glibc (malloc_trim, mallopt), else None (macOS,
-    musl, Windows)."""
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where there is none (macOS, musl, Windows)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None)
-    except OSError:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
         return None
-    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
 
 
-def release_freed_memory() -> bool:
-    """Give the memory freed by the last chunk back to the OS; True if that was possible.
+def release_freed_memory(model: object = None) -> bool:
+    """Give the memory freed by the last chunk back to the OS; True if glibc could be asked.
 
-    Each chunk's texts, tokenizer encodings and batches are freed once it is written, but
-    glibc keeps freed blocks in per-thread arenas (tokenizers and onnxruntime run many
-    threads), where they fragment and RSS creeps up over a long file. malloc_trim(0) returns
-    the free pages of every arena, for a few milliseconds per chunk.
+    First the model's own pool, where it has one (`release_memory`: onnxruntime's arena grows
+    by a region whenever a batch shape finds no free block big enough, and over a long file
+    of varying shapes it kept growing). Then the C heap: each chunk's texts, tokenizer
+    encodings and batches are freed once it is written, but glibc keeps freed blocks in
+    per-thread arenas, where they fragment; malloc_trim(0) returns the free pages of every
+    arena, for a few milliseconds per chunk.
     """
-    libc = _glibc()
-    if libc is None:
+    release = getattr(model, "release_memory", None)
+    if release is not None:
+        release()
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    libc.malloc_trim(0)
+    trim(0)
     return True
-
-
-def limit_malloc_arenas(arenas: int = DEFAULT_MALLOC_ARENAS) -> bool:
-    """Let glibc's malloc share at most `arenas` arenas among the threads started from now on;
-    True if the cap was set.
-
-    Every thread that allocates gets an arena of its own, up to 8 per core: on a 16-core
-    machine the tokenizer's and onnxruntime's threads hold dozens, each keeping and
-    fragmenting its own freed memory, so RSS grows with the core count and creeps up over a
-    long file. A few shared arenas bound that. A MALLOC_ARENA_MAX the user set wins (glibc
-    read it at start-up). Call it before the thread pools start.
-    """
-    libc = _glibc()
-    if libc is None or arenas < 1 or "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, arenas))
 
 
 def size_tokenizer_pool(threads: int) -> None:
@@ -331,6 +314,7 @@ def predict_file(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = True,
     prefetch: bool = True,
+    release_memory: bool = True,
 ) -> PredictSummary:
     """Score every row of `input_path` into `output_path`; see the module docstring."""
     in_fmt = detect_format(input_path, input_format, INPUT_FORMATS, "input")
@@ -359,7 +343,8 @@ def predict_file(
                     duplicates.add(chunk.ids)
                 bar.update(len(chunk))
                 del prepared, chunk, scored  # free this chunk before trimming
-                release_freed_memory()
+                if release_memory:
+                    release_freed_memory(model)
                 if time.perf_counter() - logged > PROGRESS_LOG_SECONDS:
                     logged = time.perf_counter()
                     log.info("scored %d rows, %.0f rows/s", summary.rows,
@@ -387,7 +372,6 @@ def run_predict(
     """The command's entry: load the model (a file or a `models:/` URI), then score."""
     from sentiment_rnn.serving.onnx_model import load_model
 
-    limit_malloc_arenas()
     size_tokenizer_pool(threads)
     scoring_model = load_model(model, tokenizer, providers, threads, parallel=parallel, int8=int8)
     return predict_file(scoring_model, input_path, output_path, **options)

@@ -494,60 +494,6 @@ def test_freed_memory_goes_back_to_the_os_between_chunks() -> None:
     assert before - _rss_mb() > 100, "malloc_trim released less than 100 MB of ~190 MB freed"
 
 
-ARENAS_SCRIPT = """
-import ctypes, os, re, sys, tempfile, threading
-from sentiment_rnn.predict import limit_malloc_arenas
-
-def arenas() -> int:  # glibc's malloc_info lists one <heap> per arena
-    libc = ctypes.CDLL(None)
-    libc.fopen.restype = ctypes.c_void_p
-    fd, path = tempfile.mkstemp()
-    stream = ctypes.c_void_p(libc.fopen(path.encode(), b"w"))
-    libc.malloc_info(0, stream)
-    libc.fclose(stream)
-    text = open(path).read()
-    os.close(fd)
-    os.unlink(path)
-    return len(re.findall("<heap nr=", text))
-
-capped = limit_malloc_arenas(int(sys.argv[1])) if sys.argv[1] != "none" else False
-started, done = threading.Barrier(17), threading.Event()
-held = []
-
-def worker() -> None:  # allocate, then stay alive so no arena is handed on
-    held.append(ctypes.create_string_buffer(100_000))
-    started.wait()
-    done.wait()
-
-threads = [threading.Thread(target=worker) for _ in range(16)]
-for thread in threads:
-    thread.start()
-started.wait()
-print(capped, arenas())
-done.set()
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt, malloc_info")
-def test_malloc_arenas_are_capped_for_the_threads_started_after() -> None:
-    """What predict does before its thread pools start: 16 live threads that allocate share at
-    most the capped number of arenas (without the cap glibc gives them more, up to 8 per
-    core); a MALLOC_ARENA_MAX set by the user is left to glibc."""
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-
-    def run(cap: str, extra: dict[str, str] | None = None) -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, cap], env=env | (extra or {}),
-                             capture_output=True, text=True, check=True)
-        capped, arenas = out.stdout.split()
-        return capped, int(arenas)
-
-    assert run("2") == ("True", 2)
-    assert run("none")[1] > 2
-    assert run("2", {"MALLOC_ARENA_MAX": "3"})[0] == "False"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/task")
 def test_threads_option_sizes_the_tokenizer_pool(tmp_path: Path) -> None:
     """`--threads N` gives the tokenizer's Rust thread pool N threads, whatever the core count:

@@ -36,6 +36,8 @@ PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": "TensorrtExecutionProv
 REQUIRED_META = ("arch", "tokenizer_sha256", "max_length", "truncation_side", "pad_id",
                  "label_names")
 REGISTRY_SCHEME = "models:/"
+_SHRINK_CPU_ARENA = ort.RunOptions()
+_SHRINK_CPU_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,19 @@ class OnnxSentimentModel:
     def __call__(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         feed = {"token_ids": token_ids, "lengths": lengths}
         return self.session.run(["probability"], feed)[0]
+
+    def release_memory(self) -> None:
+        """Hand the CPU arena's free regions back to the OS.
+
+        onnxruntime keeps every region its arena ever allocated. With batches of varying
+        shapes (length-sorted, up to 1,024 tokens) a new shape that fits no free block adds a
+        region, and over a long file RSS grew by 135-141 MB per 100,000 reviews (GRU, 16
+        threads). onnxruntime shrinks an arena only at the end of a run that asks for it, so
+        this runs one single-token review with that run option.
+        """
+        one = np.full((1, 1), self.meta.pad_id, dtype=np.int64)
+        self.session.run(["probability"], {"token_ids": one, "lengths": np.ones(1, np.int64)},
+                         _SHRINK_CPU_ARENA)
 
 
 def local_tokenizer(onnx_path: Path) -> Path | None:

@@ -1,19 +1,16 @@
-"""Memory and speed of `sentiment-rnn predict` with and without its cap on malloc arenas.
+"""Memory and speed of `sentiment-rnn predict` with and without its memory release per chunk.
 
-    PYTHONPATH=src python benchmarks/malloc_arenas.py --model models/rnn.onnx \\
-        --tokenizer models/rnn.tokenizer.json \\
+    PYTHONPATH=src python benchmarks/memory_release.py --model models/gru.onnx \\
+        --tokenizer models/gru.tokenizer.json \\
         --reviews ../shared/data/imdb/plain_text/test-00000-of-00001.parquet \\
-        --rows 150000 --threads 16 --out reports/benchmarks/malloc-arenas
+        --rows 150000 --threads 16 --out reports/benchmarks/memory-release
 
-`predict` caps glibc's malloc arenas (`limit_malloc_arenas`) before its thread pools start;
-glibc's own limit is 8 arenas per core, so on a many-core machine every tokenizer and
-onnxruntime thread keeps an arena of its own. This runs the same command on the same file
-twice, alternately `--repeats` times: once with MALLOC_ARENA_MAX set to `--baseline-arenas`
-(a value the user sets wins over the cap, so this is glibc's behaviour on a machine with
-`--baseline-arenas / 8` cores), once as shipped. `--threads 16` on a small machine starts the
-thread pools of a 16-core one. Each run's peak RSS (kernel), RSS growth per 100,000 rows and
-rows/s are recorded; speed is the ratio of the two in this run. Writes
-<out>/malloc_arenas.json and <out>/malloc_arenas.md.
+After each chunk `predict` shrinks onnxruntime's CPU arena and trims glibc's heap
+(`--release-memory`, the default). This runs the same command on the same file twice,
+alternately `--repeats` times: with `--no-release-memory` (the baseline) and as shipped.
+`--threads 16` on a small machine starts the thread pools of a 16-core one. Each run's peak
+RSS (kernel), RSS growth per 100,000 rows and rows/s are recorded; speed is the ratio of the
+two in this run. Writes <out>/memory_release.json and <out>/memory_release.md.
 """
 
 import argparse
@@ -40,20 +37,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=150_000)
     parser.add_argument("--threads", type=int, default=16,
                         help="onnxruntime and tokenizer threads (0: one per core)")
-    parser.add_argument("--baseline-arenas", type=int, default=128,
-                        help="MALLOC_ARENA_MAX of the baseline run (glibc: 8 per core)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, help="folder for the reports")
     return parser.parse_args(argv)
 
 
 def one_run(args: argparse.Namespace, big: Path, work: Path, env: dict[str, str],
-            name: str) -> dict[str, Any]:
+            name: str, extra: list[str]) -> dict[str, Any]:
     """One measured `predict` over `big`; its peak, growth and speed."""
     cmd = [sys.executable, "-m", "sentiment_rnn.cli", "predict", "-m", str(args.model),
            "--tokenizer", str(args.tokenizer), "-i", str(big), "-o", str(work / "out.parquet"),
            "--id-column", "id", "--no-progress", "--providers", "cpu",
-           "--threads", str(args.threads)]  # fmt: skip
+           "--threads", str(args.threads), *extra]  # fmt: skip
     log_path = args.out / f"{name}.log"
     print(f"{name}: {' '.join(cmd)}", flush=True)
     run = run_measured(cmd, env, log_path, interval=0.5, max_seconds=0)
@@ -86,46 +81,42 @@ def row(name: str, result: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    base, capped = report["baseline"], report["capped"]
+    base, shipped = report["baseline"], report["shipped"]
     lines = [
-        "# `sentiment-rnn predict` with and without its malloc arena cap", "",
-        f"Command: `python benchmarks/malloc_arenas.py {report['argv']}`", "",
+        "# `sentiment-rnn predict` with and without its memory release per chunk", "",
+        f"Command: `python benchmarks/memory_release.py {report['argv']}`", "",
         f"Machine: {report['machine']}. {report['rows']:,} rows cycled from {report['reviews']}, "
         f"`--threads {report['threads']}`, {report['repeats']} run(s) each, alternating.", "",
         "| run | peak RSS MB | RSS growth MB per 100k rows | rows/s |", "| --- | --- | --- | --- |",
-        row(f"glibc's arenas (MALLOC_ARENA_MAX={report['baseline_arenas']})", base),
-        row(f"as shipped (cap of {report['cap']})", capped), "",
-        f"Speed, capped / glibc's: **{report['speed_ratio']:.2f}x**.", "",
+        row("`--no-release-memory`", base),
+        row("as shipped (`--release-memory`)", shipped), "",
+        f"Speed, as shipped / without the release: **{report['speed_ratio']:.2f}x**.", "",
     ]  # fmt: skip
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    sys.path.insert(0, str(SRC))
-    from sentiment_rnn.predict import DEFAULT_MALLOC_ARENAS
-
     args.out.mkdir(parents=True, exist_ok=True)
-    base_env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    base_env = dict(os.environ)
     base_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
     runs = []
-    with tempfile.TemporaryDirectory(prefix="malloc-arenas-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="memory-release-") as tmp:
         big = cycled_reviews(args.reviews, Path(tmp) / "reviews.parquet", args.rows, "text")
         for i in range(args.repeats):
-            baseline_env = base_env | {"MALLOC_ARENA_MAX": str(args.baseline_arenas)}
-            runs.append(one_run(args, big, Path(tmp), baseline_env, f"baseline-{i}"))
-            runs.append(one_run(args, big, Path(tmp), base_env, f"capped-{i}"))
-    baseline, capped = summarise(runs, "baseline"), summarise(runs, "capped")
+            runs.append(one_run(args, big, Path(tmp), base_env, f"baseline-{i}",
+                                ["--no-release-memory"]))
+            runs.append(one_run(args, big, Path(tmp), base_env, f"shipped-{i}", []))
+    baseline, shipped = summarise(runs, "baseline"), summarise(runs, "shipped")
     report = {"argv": " ".join(sys.argv[1:] if argv is None else argv), "rows": args.rows,
               "reviews": str(args.reviews), "threads": args.threads,
-              "baseline_arenas": args.baseline_arenas, "cap": DEFAULT_MALLOC_ARENAS,
-              "repeats": args.repeats, "baseline": baseline, "capped": capped,
-              "speed_ratio": capped["rows_per_second"] / baseline["rows_per_second"],
+              "repeats": args.repeats, "baseline": baseline, "shipped": shipped,
+              "speed_ratio": shipped["rows_per_second"] / baseline["rows_per_second"],
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
                          f"{platform.python_version()}", "runs": runs}  # fmt: skip
-    (args.out / "malloc_arenas.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "malloc_arenas.md").write_text(markdown(report))
+    (args.out / "memory_release.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "memory_release.md").write_text(markdown(report))
     print(markdown(report))
 
 
