@@ -529,3 +529,23 @@ def test_threads_beyond_the_cores_do_not_spin() -> None:
     assert session_options((os.cpu_count() or 1) + 1).get_session_config_entry(key) == "0"
     with pytest.raises(RuntimeError, match="does not have configuration"):
         session_options(1).get_session_config_entry(key)
+
+
+def test_parquet_reading_does_not_accumulate_buffers(tmp_path: Path) -> None:
+    """Streaming a Parquet file of many row groups holds about one chunk at a time in pyarrow's
+    pool. With pre-buffering (pyarrow's default) the buffers of the row groups already read
+    stayed allocated: about 77 MB more per 100,000 reviews read."""
+    from sentiment_rnn.serving.io import read_chunks
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "many-groups.parquet"
+    with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as writer:
+        for _ in range(30):  # row groups of 2,000 distinct reviews, 2.8 MB each
+            text = [rng.bytes(700).hex() for _ in range(2000)]
+            writer.write_table(pa.table({"text": text}))
+    allocated = []
+    for chunk in read_chunks(path, "parquet", "text", None, chunk_rows=1000):
+        assert len(chunk) == 1000
+        allocated.append(pa.total_allocated_bytes())
+    assert len(allocated) == 60
+    assert allocated[-1] - allocated[5] < 8 * 2**20, f"pyarrow holds {allocated[-1]:,} bytes"

@@ -128,7 +128,9 @@ def _parquet_texts(column: pa.Array) -> list[Any]:
 def _parquet_chunks(path: Path, text_column: str, id_column: str | None,
                     chunk_rows: int) -> Iterator[Chunk]:
     try:
-        parquet = pq.ParquetFile(path)
+        # No pre-buffering: the buffers it caches for one row group after another were kept,
+        # and pyarrow's allocation grew by 77 MB per 100,000 rows read; without it, flat.
+        parquet = pq.ParquetFile(path, pre_buffer=False)
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{path} is not a readable Parquet file ({exc})") from None
     names = parquet.schema_arrow.names
