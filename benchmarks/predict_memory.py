@@ -185,6 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--chunk-rows", type=int, default=8192)
+    parser.add_argument("--release-memory", action="store_true",
+                        help="run predict with --release-memory (onnxruntime's arena shrunk)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
     parser.add_argument(
         "--max-seconds",
@@ -205,6 +207,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
            "--id-column", "id", "--no-progress", "--providers", "cpu",
            "--threads", str(args.threads), "--batch-size", str(args.batch_size),
            "--chunk-rows", str(args.chunk_rows)]  # fmt: skip
+    if args.release_memory:
+        cmd.append("--release-memory")
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
     }

@@ -184,11 +184,11 @@ class OnnxSentimentModel:
     def release_memory(self) -> None:
         """Hand the CPU arena's free regions back to the OS.
 
-        onnxruntime keeps every region its arena ever allocated. With batches of varying
-        shapes (length-sorted, up to 1,024 tokens) a new shape that fits no free block adds a
-        region, and over a long file RSS grew by 135-141 MB per 100,000 reviews (GRU, 16
-        threads). onnxruntime shrinks an arena only at the end of a run that asks for it, so
-        this runs one single-token review with that run option.
+        onnxruntime keeps every region its arena ever allocated, about 1 GB for a GRU at
+        256 x 1,024 tokens, also while the caller reads and writes between batches. It
+        shrinks an arena only at the end of a run that asks for it, so this runs one
+        single-token review with that run option. (Over 1,000,000 reviews the peak stayed
+        the same with and without it: 1,625 vs 1,646 MB.)
         """
         one = np.full((1, 1), self.meta.pad_id, dtype=np.int64)
         self.session.run(["probability"], {"token_ids": one, "lengths": np.ones(1, np.int64)},
