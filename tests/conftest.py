@@ -40,6 +40,12 @@ FILLER = [
 ]
 
 
+def rss_mb() -> float:
+    """This process's resident set size in MB, from /proc (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1]) / 1024
+
+
 def synthetic_reviews(n: int, seed: int) -> pd.DataFrame:
     """Balanced reviews whose label is carried by sentiment words among filler of random length."""
     rng = random.Random(seed)

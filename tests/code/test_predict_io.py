@@ -25,7 +25,7 @@ from sentiment_rnn.predict import PredictSummary, predict_file
 from sentiment_rnn.serving.encoding import encode_texts, text_status
 from sentiment_rnn.serving.onnx_model import OnnxSentimentModel, load_model
 from sentiment_rnn.tokenize import encode
-from tests.conftest import synthetic_reviews
+from tests.conftest import rss_mb, synthetic_reviews
 from tests.model.predict_helpers import make_model, make_tokenizer
 
 MAX_LENGTH = 32
@@ -467,11 +467,6 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     assert not (tmp_path / "out.csv").exists()
 
 
-def _rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1]) / 1024
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc_trim, /proc")
 def test_freed_memory_goes_back_to_the_os_between_chunks() -> None:
     """What predict does after each chunk: blocks freed in a worker thread's malloc arena,
@@ -489,9 +484,9 @@ def test_freed_memory_goes_back_to_the_os_between_chunks() -> None:
     worker = threading.Thread(target=chunk_work)
     worker.start()
     worker.join()
-    before = _rss_mb()
+    before = rss_mb()
     assert release_freed_memory()
-    assert before - _rss_mb() > 100, "malloc_trim released less than 100 MB of ~190 MB freed"
+    assert before - rss_mb() > 100, "malloc_trim released less than 100 MB of ~190 MB freed"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/task")

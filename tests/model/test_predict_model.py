@@ -17,7 +17,7 @@ from sentiment_rnn.model import SentimentRNN, predict_proba
 from sentiment_rnn.predict import predict_file
 from sentiment_rnn.serving.onnx_model import load_model
 from sentiment_rnn.tokenize import encode
-from tests.conftest import synthetic_reviews
+from tests.conftest import rss_mb, synthetic_reviews
 from tests.model.predict_helpers import make_model, make_tokenizer
 
 MAX_LENGTH = 12  # short, so that many synthetic reviews are truncated
@@ -230,11 +230,6 @@ def test_fast_graph_file_serves_like_the_export(tmp_path: Path, tokenizer_file: 
     assert outputs["fast"]["truncated"].tolist() == outputs["export"]["truncated"].tolist()
 
 
-def _rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1]) / 1024
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 def test_release_memory_hands_the_arena_back_and_scores_stay_the_same(
     tmp_path: Path, tokenizer_file: Path
@@ -248,7 +243,7 @@ def test_release_memory_hands_the_arena_back_and_scores_stay_the_same(
     long_batch = rng.integers(5, 100, size=(256, 2048), dtype=np.int64)
     lengths = np.full(256, 2048, dtype=np.int64)
     first = model(long_batch, lengths)
-    held = _rss_mb()
+    held = rss_mb()
     model.release_memory()
-    assert held - _rss_mb() > 100, "release_memory returned less than 100 MB of the arena"
+    assert held - rss_mb() > 100, "release_memory returned less than 100 MB of the arena"
     np.testing.assert_array_equal(model(long_batch, lengths), first)
