@@ -24,7 +24,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from predict_memory import SRC, cycled_reviews, growth_mb_per_100k, rows_curve, run_measured
+from predict_memory import (
+    child_env,
+    cycled_reviews,
+    growth_mb_per_100k,
+    predict_command,
+    rows_curve,
+    run_measured,
+    summary_line,
+)
 
 RATE = re.compile(r"([\d,]+) rows/s\s*$")
 
@@ -42,18 +50,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def one_run(args: argparse.Namespace, big: Path, work: Path, env: dict[str, str],
-            name: str, extra: list[str]) -> dict[str, Any]:
+def one_run(args: argparse.Namespace, big: Path, work: Path, name: str,
+            extra: list[str]) -> dict[str, Any]:
     """One measured `predict` over `big`; its peak, growth and speed."""
-    cmd = [sys.executable, "-m", "sentiment_rnn.cli", "predict", "-m", str(args.model),
-           "--tokenizer", str(args.tokenizer), "-i", str(big), "-o", str(work / "out.parquet"),
-           "--id-column", "id", "--no-progress", "--providers", "cpu",
-           "--threads", str(args.threads), *extra]  # fmt: skip
+    cmd = predict_command(args.model, args.tokenizer, big, work / "out.parquet", args.threads,
+                          extra)
     log_path = args.out / f"{name}.log"
     print(f"{name}: {' '.join(cmd)}", flush=True)
-    run = run_measured(cmd, env, log_path, interval=0.5, max_seconds=0)
+    run = run_measured(cmd, child_env(), log_path, interval=0.5, max_seconds=0)
     log_text = log_path.read_text()
-    summary = next((line for line in log_text.splitlines() if " rows -> " in line), "")
+    summary = summary_line(log_text)
     rate = RATE.search(summary)
     if run["returncode"] != 0 or rate is None:
         raise SystemExit(f"{name} failed (status {run['returncode']}): see {log_path}")
@@ -98,16 +104,12 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    base_env = dict(os.environ)
-    base_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
     runs = []
     with tempfile.TemporaryDirectory(prefix="memory-release-") as tmp:
         big = cycled_reviews(args.reviews, Path(tmp) / "reviews.parquet", args.rows, "text")
         for i in range(args.repeats):
-            runs.append(one_run(args, big, Path(tmp), base_env, f"baseline-{i}", []))
-            runs.append(one_run(args, big, Path(tmp), base_env, f"shipped-{i}",
-                                ["--release-memory"]))
+            runs.append(one_run(args, big, Path(tmp), f"baseline-{i}", []))
+            runs.append(one_run(args, big, Path(tmp), f"shipped-{i}", ["--release-memory"]))
     baseline, shipped = summarise(runs, "baseline"), summarise(runs, "shipped")
     report = {"argv": " ".join(sys.argv[1:] if argv is None else argv), "rows": args.rows,
               "reviews": str(args.reviews), "threads": args.threads,

@@ -197,26 +197,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def predict_command(model: str, tokenizer: Path, reviews: Path, output: Path, threads: int,
+                    options: list[str]) -> list[str]:
+    """`sentiment-rnn predict` on the CPU provider, ids from the `id` column, no bar."""
+    return [sys.executable, "-m", "sentiment_rnn.cli", "predict", "-m", str(model),
+            "--tokenizer", str(tokenizer), "-i", str(reviews), "-o", str(output),
+            "--id-column", "id", "--no-progress", "--providers", "cpu",
+            "--threads", str(threads), *options]  # fmt: skip
+
+
+def child_env() -> dict[str, str]:
+    """This environment, with this checkout's src/ first on PYTHONPATH."""
+    paths = (str(SRC), os.environ.get("PYTHONPATH", ""))
+    return os.environ | {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def summary_line(log_text: str) -> str:
+    """The command's closing summary (`N rows -> ...`), or "" if it did not finish."""
+    return next((line for line in log_text.splitlines() if " rows -> " in line), "")
+
+
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     big = work / f"reviews-{args.rows}.parquet"
     if not big.is_file():
         print(f"writing {big} ({args.rows} rows)", flush=True)
         cycled_reviews(args.reviews, big, args.rows, args.text_column)
-    cmd = [sys.executable, "-m", "sentiment_rnn.cli", "predict", "-m", str(args.model),
-           "--tokenizer", str(args.tokenizer), "-i", str(big), "-o", str(work / "scored.parquet"),
-           "--id-column", "id", "--no-progress", "--providers", "cpu",
-           "--threads", str(args.threads), "--batch-size", str(args.batch_size),
-           "--chunk-rows", str(args.chunk_rows)]  # fmt: skip
+    options = ["--batch-size", str(args.batch_size), "--chunk-rows", str(args.chunk_rows)]
     if args.release_memory:
-        cmd.append("--release-memory")
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
-    }
+        options.append("--release-memory")
+    cmd = predict_command(args.model, args.tokenizer, big, work / "scored.parquet", args.threads,
+                          options)
     print(f"running: {' '.join(cmd)}", flush=True)
     log_path = args.out / "predict_memory.log"
-    run = run_measured(cmd, env, log_path, args.interval, args.max_seconds)
+    run = run_measured(cmd, child_env(), log_path, args.interval, args.max_seconds)
     log_text = log_path.read_text()
-    summary = next((line for line in log_text.splitlines() if " rows -> " in line), "")
+    summary = summary_line(log_text)
     start, samples = run.pop("start"), run.pop("samples")
     timeline = [(round(t - start, 1), round(mb, 1)) for t, mb in samples]
     curve = rows_curve(log_text, samples, start)
