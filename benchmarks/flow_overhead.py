@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: make `flows` and `tests` importable
+if str(REPO_ROOT) not in sys.path:  # run as a script: make `flows` importable
     sys.path.insert(0, str(REPO_ROOT))
 
 OUT_DIR = REPO_ROOT / "reports" / "benchmarks"
@@ -55,13 +55,14 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], list[flo
 
 
 def cpu_seconds() -> float:
-    own, children = (resource.getrusage(who)
-                     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run(cmd: list[str], cwd: Path) -> str:
-    from sentiment_rnn.orchestration import child_env  # this venv's dvc and sentiment-rnn
+    from flows.dvc_runner import child_env  # this venv's dvc and sentiment-rnn
 
     out = subprocess.run(cmd, cwd=cwd, env=child_env({}), capture_output=True, text=True)
     if out.returncode != 0:
@@ -72,11 +73,11 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 def tiny_project(folder: Path) -> Path:
     """The tests' synthetic project, brought up to date by DVC alone."""
-    from tests.code.dvc_project import build_dvc_project
-    from tests.conftest import synthetic_reviews, write_hub_layout
+    from sentiment_rnn.testing import build_dvc_project, synthetic_reviews, write_hub_layout
 
-    data = write_hub_layout(folder / "imdb", synthetic_reviews(240, seed=1),
-                            synthetic_reviews(120, seed=2))
+    data = write_hub_layout(
+        folder / "imdb", synthetic_reviews(240, seed=1), synthetic_reviews(120, seed=2)
+    )
     root = build_dvc_project(folder / "project", data)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -86,7 +87,7 @@ def tiny_project(folder: Path) -> Path:
 
 
 def dvc() -> str:
-    from sentiment_rnn.orchestration import child_env, dvc_command
+    from flows.dvc_runner import child_env, dvc_command
 
     return dvc_command(child_env({}))
 
@@ -115,55 +116,70 @@ def run_cli(cmd: list[str], root: Path) -> None:
 
 
 def summary(name: str, walls: list[float], cpus: list[float]) -> dict[str, object]:
-    return {f"{name}_s": walls, f"{name}_cpu_s": cpus,
-            f"median_{name}_s": statistics.median(walls),
-            f"spread_{name}_s": round(max(walls) - min(walls), 2),
-            f"median_{name}_cpu_s": statistics.median(cpus)}
+    return {
+        f"{name}_s": walls,
+        f"{name}_cpu_s": cpus,
+        f"median_{name}_s": statistics.median(walls),
+        f"spread_{name}_s": round(max(walls) - min(walls), 2),
+        f"median_{name}_cpu_s": statistics.median(cpus),
+    }
 
 
 def measure(root: Path, repeats: int) -> dict[str, object]:
     cli = [sys.executable, str(REPO_ROOT / "flows" / "pipeline.py"), "--project-root", str(root)]
     load_before = round(os.getloadavg()[0], 2)
-    result = {"project_root": str(root), "repeats": repeats,
-              **summary("dvc_repro", *timed(lambda: run([dvc(), "repro"], root), repeats)),
-              **summary("flow_cli", *timed(lambda: run_cli(cli, root), repeats)),
-              **summary("flow_in_process", *in_process_times(root, repeats))}
-    dvc_s, cli_s, process_s = (result[f"median_{name}_s"]
-                               for name in ("dvc_repro", "flow_cli", "flow_in_process"))
+    result = {
+        "project_root": str(root),
+        "repeats": repeats,
+        **summary("dvc_repro", *timed(lambda: run([dvc(), "repro"], root), repeats)),
+        **summary("flow_cli", *timed(lambda: run_cli(cli, root), repeats)),
+        **summary("flow_in_process", *in_process_times(root, repeats)),
+    }
+    dvc_s, cli_s, process_s = (
+        result[f"median_{name}_s"] for name in ("dvc_repro", "flow_cli", "flow_in_process")
+    )
     return {
         **result,
         "overhead_cli_s": round(cli_s - dvc_s, 2),
         "overhead_in_process_s": round(process_s - dvc_s, 2),
-        "overhead_cli_cpu_s": round(result["median_flow_cli_cpu_s"]
-                                    - result["median_dvc_repro_cpu_s"], 2),
-        "target_overhead_s": TARGET_S, "cli_within_target": cli_s - dvc_s < TARGET_S,
+        "overhead_cli_cpu_s": round(
+            result["median_flow_cli_cpu_s"] - result["median_dvc_repro_cpu_s"], 2
+        ),
+        "target_overhead_s": TARGET_S,
+        "cli_within_target": cli_s - dvc_s < TARGET_S,
         "prefect_api": os.environ.get("PREFECT_API_URL") or "temporary server",
-        "cpus": os.cpu_count(), "load_average_1min_before": load_before,
+        "cpus": os.cpu_count(),
+        "load_average_1min_before": load_before,
         "load_average_1min_after": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--project-root", type=Path,
-                        help="an up-to-date DVC project (default: build a tiny one)")
+    parser.add_argument(
+        "--project-root", type=Path, help="an up-to-date DVC project (default: build a tiny one)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flow-overhead-") as tmp:
         root = args.project_root.resolve() if args.project_root else tiny_project(Path(tmp))
         result = measure(root, args.repeats)
-    out = OUT_DIR / ("flow_overhead_server.json" if os.environ.get("PREFECT_API_URL")
-                     else "flow_overhead.json")
+    out = OUT_DIR / (
+        "flow_overhead_server.json" if os.environ.get("PREFECT_API_URL") else "flow_overhead.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"overhead of `python flows/pipeline.py` over `dvc repro`: {result['overhead_cli_s']} s "
-          f"(median of {args.repeats}; target < {TARGET_S:.0f} s; CPU: "
-          f"{result['overhead_cli_cpu_s']} s); in a process with the API up: "
-          f"{result['overhead_in_process_s']} s. Load average "
-          f"{result['load_average_1min_before']} -> {result['load_average_1min_after']} on "
-          f"{result['cpus']} CPUs. Written to {out.relative_to(REPO_ROOT)}")
+    print(
+        f"overhead of `python flows/pipeline.py` over `dvc repro`: {result['overhead_cli_s']} s "
+        f"(median of {args.repeats}; target < {TARGET_S:.0f} s; CPU: "
+        f"{result['overhead_cli_cpu_s']} s); in a process with the API up: "
+        f"{result['overhead_in_process_s']} s. Load average "
+        f"{result['load_average_1min_before']} -> {result['load_average_1min_after']} on "
+        f"{result['cpus']} CPUs. Written to {out.relative_to(REPO_ROOT)}"
+    )
     return 0
 
 

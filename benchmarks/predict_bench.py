@@ -1,7 +1,7 @@
 """Batch prediction speed: onnxruntime vs the same model in PyTorch eager, on this machine.
 
     python benchmarks/predict_bench.py --models models \\
-        --reviews /work/shared/data/imdb/plain_text/test-00000-of-00001.parquet \\
+        --reviews ../shared/data/imdb/plain_text/test-00000-of-00001.parquet \\
         --tokenizer data/tokens/tokenizer.json               # trained weights
     python benchmarks/predict_bench.py --random ...         # random weights of the real size
 
@@ -13,25 +13,21 @@ engines side by side on the same batches rather than one after the other:
    only ever add time). Each step adds one change to the previous one: length-sorted
    batches, explicit session options, the RNN rewrite, the batch size, parallel execution of
    the two directions, int8 dynamic quantization; then the folded-Scan graph built from the
-   trained weights (serving/fast_graph.py) over the same batch sizes.
+   trained weights (export/fast_graph.py) over the same batch sizes.
 2. End to end, one run: `predict_file` reads the Parquet, tokenises, sorts and batches, and
    writes the output once; every batch goes through torch and onnxruntime (the exported graph
    in fp32 and int8, and the folded graph) in turn, each timed. An engine's end-to-end time
    is the shared part (read, tokenise, batch, write) plus its own inference time.
 3. Accuracy: fp32 and int8 against torch (label agreement, max probability gap) and, when
    the file has labels, accuracy (int8 through one more, untimed, pass).
-4. Peak memory (RSS) of `sentiment-rnn predict` on a large file made by repeating reviews.
 
-Figures go to <out>.json and <out>.md; which weights were used is written in both.
+Peak memory of `sentiment-rnn predict` is measured by benchmarks/predict_memory.py.
+Writes <out>.json and <out>.md; which weights were used is written in both.
 """
 
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,29 +35,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import _common
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import yaml
 from tokenizers import Tokenizer
 
-from sentiment_rnn.export import ServingInfo, to_onnx, with_metadata
-from sentiment_rnn.model import ModelConfig, SentimentRNN, load_model, predict_proba
-from sentiment_rnn.predict import predict_file
+from sentiment_rnn.core.model import ModelConfig, SentimentRNN, load_model, predict_proba
+from sentiment_rnn.core.tokenizer import TokenizeConfig
+from sentiment_rnn.export.fast_graph import build_fast_graph
+from sentiment_rnn.export.onnx import to_onnx
+from sentiment_rnn.files import sha256_file
+from sentiment_rnn.params import load_params
+from sentiment_rnn.serving.contract import ServingMeta
 from sentiment_rnn.serving.encoding import encode_texts, pad_batch
-from sentiment_rnn.serving.fast_graph import write_fast_graph
-from sentiment_rnn.serving.onnx_model import (
-    ServingMeta,
-    load_onnx_model,
-    model_bytes,
-    session_options,
-)
+from sentiment_rnn.serving.model import OnnxSentimentModel, load_onnx_model
+from sentiment_rnn.serving.predict import PredictOptions, predict_file
 from sentiment_rnn.serving.quantize import quantize_int8
-from sentiment_rnn.tokenize import tokenizer_sha256
+from sentiment_rnn.serving.session import CPU, SessionConfig, create_session
+
+DEFAULT_OUT = Path("reports/benchmarks/predict")
 
 Batch = tuple[np.ndarray, np.ndarray]  # (token_ids (B, T) int64, lengths (B,) int64)
 
@@ -70,26 +66,42 @@ Batch = tuple[np.ndarray, np.ndarray]  # (token_ids (B, T) int64, lengths (B,) i
 
 
 def source_model(arch: str, models_dir: Path | None, vocab_size: int) -> tuple[SentimentRNN, str]:
-    """Trained weights from models/<arch>/model.pt, or a random model of the real size."""
+    """Trained weights from <models>/<arch>/model.pt, or a random model of the real size."""
     if models_dir is not None:
-        model, extra = load_model(models_dir / arch / "model.pt")
         where = models_dir / arch / "model.pt"
-        return model, f"trained ({where}, val acc {extra.get('best_val_acc')})"
+        model, info = load_model(where)
+        return model, f"trained ({where}, val acc {info.best_val_acc})"
     torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, vocab_size=vocab_size, embed_dim=128, hidden_size=128,
-                      num_layers=1, bidirectional=True)
+    cfg = ModelConfig(
+        arch=arch,
+        vocab_size=vocab_size,
+        embed_dim=128,
+        hidden_size=128,
+        num_layers=1,
+        bidirectional=True,
+    )
     return SentimentRNN(cfg).eval(), "random init (embed 128, hidden 128, bidirectional, 1 layer)"
 
 
-def export(model: SentimentRNN, tokenizer: Path, folder: Path, max_length: int) -> Path:
-    """The export stage's graph and metadata, plus the tokenizer beside it."""
-    info = ServingInfo(arch=model.cfg.arch, tokenizer_sha256=tokenizer_sha256(tokenizer),
-                       max_length=max_length, truncation_side="right", pad_id=model.cfg.pad_id,
-                       mlflow_run_id="", best_val_acc=float("nan"))
-    path = folder / f"{model.cfg.arch}.onnx"
-    onnx.save(with_metadata(to_onnx(model), info.as_props()), str(path))
-    (folder / f"{model.cfg.arch}.tokenizer.json").write_bytes(tokenizer.read_bytes())
-    return path
+def export(
+    model: SentimentRNN, tokenizer: Path, folder: Path, max_length: int
+) -> tuple[dict[str, Path], ServingMeta]:
+    """The export stage's graph, its int8 copy and the folded-Scan graph, with the tokenizer
+    beside them; and their serving metadata."""
+    arch = model.cfg.arch
+    meta = ServingMeta(
+        arch=arch,
+        tokenizer_sha256=sha256_file(tokenizer),
+        max_length=max_length,
+        truncation_side="right",
+        pad_id=model.cfg.pad_id,
+    )
+    graphs = {"export": folder / f"{arch}.onnx", "folded": folder / f"{arch}.folded.onnx"}
+    onnx.save(to_onnx(model, meta), str(graphs["export"]))
+    onnx.save(build_fast_graph(model, meta), str(graphs["folded"]))
+    graphs["int8"] = quantize_int8(graphs["export"], folder / f"{arch}.int8.onnx")
+    (folder / f"{arch}.tokenizer.json").write_bytes(tokenizer.read_bytes())
+    return graphs, meta
 
 
 class TorchScoringModel:
@@ -105,14 +117,19 @@ class TorchScoringModel:
         return predict_proba(self.model, ids, lens).numpy()
 
 
-def ort_session(path: Path, threads: int, *, tuned: bool = True, parallel: bool = False,
-                rewrite: bool = True) -> ort.InferenceSession:
+def cpu_config(threads: int, parallel: bool = False, rewrite: bool = True) -> SessionConfig:
+    return SessionConfig(
+        providers=("cpu",), threads=threads, parallel=parallel, rewrite_rnn=rewrite
+    )
+
+
+def ort_session(
+    path: Path, threads: int, *, tuned: bool = True, parallel: bool = False, rewrite: bool = True
+) -> ort.InferenceSession:
     """tuned=False: onnxruntime's defaults on the exported file, as a first user would open it."""
     if not tuned:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    options = session_options(threads, parallel)
-    return ort.InferenceSession(model_bytes(path, rewrite), options,
-                                providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), providers=[CPU])
+    return create_session(path, cpu_config(threads, parallel, rewrite))
 
 
 # ---------------------------------------------------------------- step measurements
@@ -121,8 +138,10 @@ def ort_session(path: Path, threads: int, *, tuned: bool = True, parallel: bool 
 def make_batches(rows: list[np.ndarray], batch_size: int, sort: bool) -> list[Batch]:
     lengths = np.array([len(r) for r in rows])
     order = np.argsort(lengths, kind="stable") if sort else np.arange(len(rows))
-    return [pad_batch([rows[i] for i in order[s : s + batch_size]])
-            for s in range(0, len(order), batch_size)]
+    return [
+        pad_batch([rows[i] for i in order[s : s + batch_size]])
+        for s in range(0, len(order), batch_size)
+    ]
 
 
 @dataclass
@@ -138,8 +157,9 @@ class StepResult:
         return self.ort_per_s / self.torch_per_s
 
 
-def interleaved(batches: list[Batch], engines: dict[str, Callable[[Batch], np.ndarray]],
-                repeats: int) -> tuple[dict[str, float], float]:
+def interleaved(
+    batches: list[Batch], engines: dict[str, Callable[[Batch], np.ndarray]], repeats: int
+) -> tuple[dict[str, float], float]:
     """Reviews/s of each engine over the same batches (fastest of `repeats` per batch,
     engines alternating), and the largest |difference| between the first two engines."""
     rows = sum(len(b[1]) for b in batches)
@@ -174,22 +194,28 @@ def ort_engine(session: ort.InferenceSession) -> Callable[[Batch], np.ndarray]:
     return lambda b: session.run(["probability"], {"token_ids": b[0], "lengths": b[1]})[0]
 
 
-def run_steps(model: SentimentRNN, paths: dict[str, Path], rows: list[np.ndarray],
-              args: argparse.Namespace, log: Callable[[str], None]) -> list[StepResult]:
+def run_steps(
+    model: SentimentRNN,
+    graphs: dict[str, Path],
+    rows: list[np.ndarray],
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+) -> list[StepResult]:
     """Each step adds one change to the previous best; returns a row per step."""
     results: list[StepResult] = []
 
-    def measure(step: str, session: ort.InferenceSession, bs: int, sort: bool = True
-                ) -> StepResult:
+    def measure(step: str, session: ort.InferenceSession, bs: int, sort: bool = True) -> StepResult:
         engines = {"torch": torch_engine(model), "ort": ort_engine(session)}
         speed, diff = interleaved(make_batches(rows, bs, sort), engines, args.repeats)
         result = StepResult(step, bs, speed["torch"], speed["ort"], diff)
-        log(f"  {step:44s} bs {bs:4d}: torch {result.torch_per_s:7.1f}/s  "
-            f"onnxruntime {result.ort_per_s:7.1f}/s  x{result.ratio:.2f}")
+        log(
+            f"  {step:44s} bs {bs:4d}: torch {result.torch_per_s:7.1f}/s  "
+            f"onnxruntime {result.ort_per_s:7.1f}/s  x{result.ratio:.2f}"
+        )
         results.append(result)
         return result
 
-    threads, onnx_path = args.threads, paths["export"]
+    threads, onnx_path = args.threads, graphs["export"]
     default = ort_session(onnx_path, threads, tuned=False)
     tuned = ort_session(onnx_path, threads, rewrite=False)
     measure("baseline: input order, default session", default, 64, sort=False)
@@ -200,13 +226,19 @@ def run_steps(model: SentimentRNN, paths: dict[str, Path], rows: list[np.ndarray
         measure("+ RNN nodes served as a Scan", tuned, 64)
     sweep = [measure(f"+ batch size {bs}", tuned, bs) for bs in args.batch_sizes]
     best = max(sweep, key=lambda r: r.ort_per_s).batch_size
-    par = measure("+ parallel directions (ORT_PARALLEL)",
-                  ort_session(onnx_path, threads, parallel=True), best)
+    par = measure(
+        "+ parallel directions (ORT_PARALLEL)", ort_session(onnx_path, threads, parallel=True), best
+    )
     parallel = par.ort_per_s > max(r.ort_per_s for r in sweep) * 1.02
-    measure("+ int8 dynamic quantization", ort_session(paths["int8"], threads, parallel=parallel),
-            best)
-    folded = [measure(f"folded-Scan graph (fp32), batch size {bs}",
-                      ort_session(paths["folded"], threads), bs) for bs in args.batch_sizes]
+    measure(
+        "+ int8 dynamic quantization", ort_session(graphs["int8"], threads, parallel=parallel), best
+    )
+    folded = [
+        measure(
+            f"folded-Scan graph (fp32), batch size {bs}", ort_session(graphs["folded"], threads), bs
+        )
+        for bs in args.batch_sizes
+    ]
     log(f"  folded graph best: {max(folded, key=lambda r: r.ort_per_s).batch_size}")
     return results
 
@@ -239,13 +271,14 @@ class SideBySide:
         return reference
 
 
-def end_to_end(engines: dict[str, Any], reviews: Path, out: Path, batch_size: int,
-               chunk_rows: int) -> dict[str, Any]:
+def end_to_end(
+    engines: dict[str, Any], reviews: Path, out: Path, batch_size: int, chunk_rows: int
+) -> dict[str, Any]:
     """One `predict_file` run, every batch through every engine; per-engine figures."""
     paired = SideBySide(engines)
     start, load = time.perf_counter(), os.getloadavg()[0]
-    summary = predict_file(paired, reviews, out, batch_size=batch_size, chunk_rows=chunk_rows,
-                           progress=False)
+    options = PredictOptions(batch_size=batch_size, chunk_rows=chunk_rows, progress=False)
+    summary = predict_file(paired, reviews, out, options)
     total = time.perf_counter() - start
     shared = total - sum(paired.seconds.values())
     runs = {name: {"engine": f"{name} ({engine.provider})",
@@ -255,8 +288,13 @@ def end_to_end(engines: dict[str, Any], reviews: Path, out: Path, batch_size: in
                    "max_abs_prob_diff_vs_torch": paired.max_gap[name],
                    "label_flips_vs_torch": paired.label_flips[name]}
             for name, engine in engines.items()}  # fmt: skip
-    return {"rows": summary.rows, "shared_seconds": shared, "wall_seconds": total,
-            "load_average": [round(load, 2), round(os.getloadavg()[0], 2)], "runs": runs}
+    return {
+        "rows": summary.rows,
+        "shared_seconds": shared,
+        "wall_seconds": total,
+        "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
+        "runs": runs,
+    }
 
 
 def accuracy(out: Path, labels: np.ndarray | None) -> float | None:
@@ -266,57 +304,7 @@ def accuracy(out: Path, labels: np.ndarray | None) -> float | None:
     return float(((pred == "positive") == (labels == 1)).mean())
 
 
-# ---------------------------------------------------------------- memory
-
-
-def repeated_reviews(src: Path, dst: Path, rows: int) -> Path:
-    """`rows` rows made by repeating `src`'s reviews, written one row group at a time."""
-    texts = pq.read_table(src, columns=["text"]).column("text").cast(pa.string())
-    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
-    with pq.ParquetWriter(dst, schema) as writer:
-        written = 0
-        while written < rows:
-            n = min(len(texts), rows - written)
-            ids = pa.array([f"r{i}" for i in range(written, written + n)])  # ids are tracked
-            writer.write_table(pa.table({"id": ids, "text": texts.slice(0, n)}, schema=schema))
-            written += n
-    return dst
-
-
-def peak_rss(cmd: list[str], max_seconds: float) -> dict[str, Any]:
-    """Run `cmd`, sampling its RSS twice a second; stop it after `max_seconds` (0: never)."""
-    import psutil
-
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ps, samples = psutil.Process(proc.pid), []
-    while proc.poll() is None:
-        try:
-            samples.append((time.perf_counter() - start, ps.memory_info().rss))
-        except psutil.NoSuchProcess:
-            break
-        if max_seconds and time.perf_counter() - start > max_seconds:
-            proc.terminate()
-            break
-        time.sleep(0.5)
-    output = proc.communicate()[0]
-    progress = [line for line in output.splitlines() if "scored " in line and "rows/s" in line]
-    peak = max(r for _, r in samples) if samples else 0
-    timeline = [[round(t, 1), round(r / 2**20, 1)] for t, r in samples]
-    return {"peak_rss_mb": round(peak / 2**20, 1), "seconds": round(time.perf_counter() - start, 1),
-            "completed": proc.returncode == 0,
-            "rss_mb_timeline": timeline[:: max(1, len(timeline) // 20)],
-            "last_progress": progress[-1].split(": ", 1)[-1] if progress else "",
-            "summary": output.strip().splitlines()[-1] if output.strip() else ""}
-
-
 # ---------------------------------------------------------------- report
-
-
-def write_report(out: Path, report: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -330,32 +318,39 @@ def markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`", "",
     ]  # fmt: skip
     for arch, res in report["archs"].items():
-        lines += [f"## {arch}", "", f"Steps on {res['step_rows']} reviews (inference only, "
-                  "same batches, alternating torch / onnxruntime):", "",
-                  "| step | batch | torch rev/s | onnxruntime rev/s | ratio | max abs diff |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {s['step']} | {s['batch_size']} | {s['torch_per_s']:.1f} | "
-                  f"{s['ort_per_s']:.1f} | {s['ratio']:.2f}x | {s['max_abs_diff']:.1e} |"
-                  for s in res["steps"]]
+        lines += [
+            f"## {arch}",
+            "",
+            f"Steps on {res['step_rows']} reviews (inference only, "
+            "same batches, alternating torch / onnxruntime):",
+            "",
+            "| step | batch | torch rev/s | onnxruntime rev/s | ratio | max abs diff |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {s['step']} | {s['batch_size']} | {s['torch_per_s']:.1f} | "
+            f"{s['ort_per_s']:.1f} | {s['ratio']:.2f}x | {s['max_abs_diff']:.1e} |"
+            for s in res["steps"]
+        ]
         e2e = res["end_to_end"]
-        lines += ["", f"End to end, one run over {e2e['rows']} reviews ({e2e['config']}; shared "
-                  f"read/tokenise/batch/write {e2e['shared_seconds']:.1f} s; load average "
-                  f"{e2e['load_average'][0]} -> {e2e['load_average'][1]}):", "",
-                  "| engine | seconds | reviews/s | inference s | ratio | inference ratio "
-                  "| max abs diff | label flips |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['engine']} | {r['seconds']:.1f} | {r['reviews_per_s']:.1f} | "
-                  f"{r['inference_seconds']:.1f} | **{r['ratio']:.2f}x** | "
-                  f"{r['inference_ratio']:.2f}x | {r['max_abs_prob_diff_vs_torch']:.1e} | "
-                  f"{r['label_flips_vs_torch']} |" for r in e2e["runs"].values()]
+        lines += [
+            "",
+            f"End to end, one run over {e2e['rows']} reviews ({e2e['config']}; shared "
+            f"read/tokenise/batch/write {e2e['shared_seconds']:.1f} s; load average "
+            f"{e2e['load_average'][0]} -> {e2e['load_average'][1]}):",
+            "",
+            "| engine | seconds | reviews/s | inference s | ratio | inference ratio "
+            "| max abs diff | label flips |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['engine']} | {r['seconds']:.1f} | {r['reviews_per_s']:.1f} | "
+            f"{r['inference_seconds']:.1f} | **{r['ratio']:.2f}x** | "
+            f"{r['inference_ratio']:.2f}x | {r['max_abs_prob_diff_vs_torch']:.1e} | "
+            f"{r['label_flips_vs_torch']} |"
+            for r in e2e["runs"].values()
+        ]
         lines += ["", f"Accuracy on the file's labels: `{json.dumps(e2e['accuracy'])}`", ""]
-    if report.get("memory"):
-        mem = report["memory"]
-        timeline = ", ".join(f"{t:.0f}s {mb:.0f}MB" for t, mb in mem["rss_mb_timeline"])
-        lines += ["## Peak memory", "", f"`{mem['command']}` on {mem['rows']} rows: peak RSS "
-                  f"**{mem['peak_rss_mb']} MB** over {mem['seconds']} s (completed: "
-                  f"{mem['completed']}; {mem['last_progress'] or mem['summary']}).", "",
-                  f"RSS over time: {timeline}", ""]
     return "\n".join(lines)
 
 
@@ -368,45 +363,58 @@ def best_settings(steps: list[StepResult]) -> tuple[int, bool]:
     fp32 = sweep + [s for s in steps if s.step.startswith("folded")]
     parallel = next(s for s in steps if "parallel" in s.step)
     best_export = max(sweep, key=lambda s: s.ort_per_s)
-    return (max(fp32, key=lambda s: s.ort_per_s).batch_size,
-            parallel.ort_per_s > best_export.ort_per_s * 1.02)  # beyond noise
+    return (
+        max(fp32, key=lambda s: s.ort_per_s).batch_size,
+        parallel.ort_per_s > best_export.ort_per_s * 1.02,
+    )  # beyond noise
 
 
-def bench_arch(arch: str, args: argparse.Namespace, tokenizer: Tokenizer, texts: list[str],
-               labels: np.ndarray | None, work: Path,
-               log: Callable[[str], None]) -> dict[str, Any]:
+def bench_arch(
+    arch: str,
+    args: argparse.Namespace,
+    tokenizer: Tokenizer,
+    texts: list[str],
+    labels: np.ndarray | None,
+    work: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     model, weights = source_model(arch, args.models, tokenizer.get_vocab_size())
-    onnx_path = export(model, args.tokenizer, work, args.max_length)
-    paths = {"export": onnx_path,
-             "int8": quantize_int8(onnx_path, work / f"{arch}.int8.onnx"),
-             "folded": write_fast_graph(model, onnx_path, work / f"{arch}.folded.onnx")}
+    graphs, meta = export(model, args.tokenizer, work, args.max_length)
     log(f"{arch}: {weights}")
     step_rows = encode_texts(tokenizer, texts[: args.step_rows], args.max_length).ids
-    steps = run_steps(model, paths, step_rows, args, log)
+    steps = run_steps(model, graphs, step_rows, args, log)
     batch_size, parallel = best_settings(steps)
-    meta = load_onnx_model(onnx_path, args.tokenizer, ["cpu"], 1).meta
 
-    def served(name: str) -> Any:
-        return load_onnx_model(paths[name], args.tokenizer, ["cpu"], args.threads,
-                               parallel=parallel and name != "folded")
+    def served(name: str) -> OnnxSentimentModel:
+        config = cpu_config(args.threads, parallel=parallel and name != "folded")
+        return load_onnx_model(graphs[name], args.tokenizer, config)
 
-    engines = {"torch": TorchScoringModel(model, meta, tokenizer),
-               "onnxruntime exported fp32": served("export"),
-               "onnxruntime exported int8": served("int8"),
-               "onnxruntime folded fp32": served("folded")}
-    e2e = end_to_end(engines, args.reviews, work / f"{arch}-torch.parquet", batch_size,
-                     args.chunk_rows)
+    engines = {
+        "torch": TorchScoringModel(model, meta, tokenizer),
+        "onnxruntime exported fp32": served("export"),
+        "onnxruntime exported int8": served("int8"),
+        "onnxruntime folded fp32": served("folded"),
+    }
+    e2e = end_to_end(
+        engines, args.reviews, work / f"{arch}-torch.parquet", batch_size, args.chunk_rows
+    )
     torch_run = e2e["runs"]["torch"]
     for run in e2e["runs"].values():
         run["ratio"] = run["reviews_per_s"] / torch_run["reviews_per_s"]
         run["inference_ratio"] = torch_run["inference_seconds"] / run["inference_seconds"]
-        log(f"  end to end {run['engine']:40s} {run['reviews_per_s']:7.1f} reviews/s "
+        log(
+            f"  end to end {run['engine']:40s} {run['reviews_per_s']:7.1f} reviews/s "
             f"(inference {run['inference_seconds']:.1f} s + shared {e2e['shared_seconds']:.1f} s)"
-            f"  x{run['ratio']:.2f}")
-    predict_file(engines["onnxruntime exported int8"], args.reviews, work / f"{arch}-int8.parquet",
-                 batch_size=batch_size, progress=False)  # untimed: int8 labels in input order
-    e2e["accuracy"] = {"torch": accuracy(work / f"{arch}-torch.parquet", labels),
-                       "onnxruntime int8": accuracy(work / f"{arch}-int8.parquet", labels)}
+            f"  x{run['ratio']:.2f}"
+        )
+    untimed = PredictOptions(batch_size=batch_size, progress=False)  # int8 labels, input order
+    predict_file(
+        engines["onnxruntime exported int8"], args.reviews, work / f"{arch}-int8.parquet", untimed
+    )
+    e2e["accuracy"] = {
+        "torch": accuracy(work / f"{arch}-torch.parquet", labels),
+        "onnxruntime int8": accuracy(work / f"{arch}-int8.parquet", labels),
+    }
     log(f"  accuracy {e2e['accuracy']}")
     return {
         "weights": weights, "step_rows": len(step_rows),
@@ -417,50 +425,37 @@ def bench_arch(arch: str, args: argparse.Namespace, tokenizer: Tokenizer, texts:
     }  # fmt: skip
 
 
-def memory_check(args: argparse.Namespace, work: Path, onnx_path: Path,
-                 served: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    big = repeated_reviews(args.reviews, work / "big.parquet", args.rss_rows)
-    cmd = [sys.executable, "-m", "sentiment_rnn.cli", "predict", "-m", str(onnx_path), "-i",
-           str(big), "-o", str(work / "big-out.parquet"), "--id-column", "id", "--no-progress",
-           "--providers", "cpu",
-           "--threads", str(args.threads), "--batch-size", str(served["batch_size"])]
-    cmd += ["--int8"] if args.rss_int8 else []
-    log(f"memory: {args.rss_rows} rows, at most {args.rss_seconds} s: {' '.join(cmd)}")
-    result = peak_rss(cmd, args.rss_seconds) | {"rows": args.rss_rows, "command": " ".join(cmd)}
-    log(f"  peak RSS {result['peak_rss_mb']} MB over {result['seconds']} s "
-        f"(completed: {result['completed']}) {result['summary']}")
-    return result
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _common.parser(__doc__, DEFAULT_OUT)
     parser.add_argument("--reviews", type=Path, required=True, help="Parquet with a text column")
     parser.add_argument("--tokenizer", type=Path, required=True)
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--models", type=Path, help="folder with <arch>/model.pt (trained)")
     weights.add_argument("--random", action="store_true", help="random weights of the real size")
     parser.add_argument("--archs", default="rnn,lstm,gru")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="tokens kept per review (default: tokenize.max_length of "
-                             "params.yaml, as the exported models serve)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens kept per review (default: tokenize.max_length of "
+        "params.yaml, as the exported models serve)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--step-rows", type=int, default=1000, help="reviews for the step table")
     parser.add_argument("--repeats", type=int, default=3, help="runs per batch in the steps")
     parser.add_argument("--chunk-rows", type=int, default=8192)
     parser.add_argument("--batch-sizes", default="32,64,128,256,512")
-    parser.add_argument("--rss-rows", type=int, default=1_000_000)
-    parser.add_argument("--rss-seconds", type=float, default=180.0,
-                        help="stop the memory run after this long (0: let it finish)")
-    parser.add_argument("--rss-int8", action="store_true", help="memory run with --int8")
-    parser.add_argument("--skip-rss", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/predict"))
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.max_length is None:
-        params = Path("params.yaml")
-        tokenize = yaml.safe_load(params.read_text()).get("tokenize", {}) if params.exists() else {}
-        args.max_length = int(tokenize.get("max_length", 400))
+        args.max_length = serving_length(Path("params.yaml"))
     return args
+
+
+def serving_length(params: Path) -> int:
+    """`tokenize.max_length` of the project's params.yaml, else the tokenizer's default."""
+    tokenize = load_params(params).get("tokenize", {}) if params.is_file() else {}
+    return int(tokenize.get("max_length", TokenizeConfig().max_length))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -474,27 +469,20 @@ def main(argv: list[str] | None = None) -> None:
     frame = pd.read_parquet(args.reviews)
     labels = frame["label"].to_numpy() if "label" in frame else None
     report: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "command": _common.command(__file__, argv),
         "reviews": str(args.reviews), "rows": len(frame), "tokenizer": str(args.tokenizer),
         "max_length": args.max_length, "threads": args.threads,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"torch {torch.__version__}, onnxruntime {ort.__version__}",
+        "machine": _common.machine("torch", "onnxruntime-gpu"),
         "load_average_start": [round(x, 2) for x in os.getloadavg()], "archs": {},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         work = Path(tmp)
         for arch in args.archs.split(","):
-            report["archs"][arch] = bench_arch(arch, args, tokenizer, frame["text"].tolist(),
-                                               labels, work, log)
+            report["archs"][arch] = bench_arch(
+                arch, args, tokenizer, frame["text"].tolist(), labels, work, log
+            )
             report["weights"] = report["archs"][arch]["weights"]
-        if not args.skip_rss:
-            arch = args.archs.split(",")[-1]
-            report["memory"] = memory_check(args, work, work / f"{arch}.folded.onnx",
-                                            report["archs"][arch]["served"], log)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    report["peak_rss_bench_mb"] = round(peak_kb / 1024, 1)
-    write_report(args.out, report)
-    log(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    _common.write_result(args.out, report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ from prefect.exceptions import MissingContextError
 from prefect.states import State
 
 from sentiment_rnn.errors import UserError
-from sentiment_rnn.predict import run_predict
 from sentiment_rnn.serving.io import EXTENSIONS
+from sentiment_rnn.serving.predict import DEFAULT_BATCH_SIZE, PredictOptions, run_predict
+from sentiment_rnn.serving.session import SessionConfig
 
 DEFAULT_MODEL = "models/lstm.onnx"
 DEFAULT_CRON = "*/15 * * * *"
@@ -59,15 +60,19 @@ def is_scored(input_file: Path, output_file: Path, model: str) -> bool:
     return output_file.stat().st_mtime >= newest_source
 
 
-def new_files(input_dir: Path, output_dir: Path, output_format: str, model: str,
-              force: bool = False) -> list[tuple[Path, Path]]:
+def new_files(
+    input_dir: Path, output_dir: Path, output_format: str, model: str, force: bool = False
+) -> list[tuple[Path, Path]]:
     """(input, output) pairs still to score, in name order."""
     if not input_dir.is_dir():
         raise UserError(f"input folder {input_dir} does not exist")
     if input_dir.resolve() == output_dir.resolve():
         raise UserError("the input and output folders must differ (outputs would be rescored)")
-    inputs = sorted(p for p in input_dir.iterdir() if p.is_file()
-                    and not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS)
+    inputs = sorted(
+        p
+        for p in input_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS
+    )
     pairs = [(p, output_for(p, output_dir, output_format)) for p in inputs]
     return [(i, o) for i, o in pairs if force or not is_scored(i, o, model)]
 
@@ -86,13 +91,20 @@ def retry_on_io(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> b
     return is_transient(exc if isinstance(exc, BaseException) else None)
 
 
-@task(retries=len(IO_RETRY_DELAYS), retry_delay_seconds=IO_RETRY_DELAYS,
-      retry_condition_fn=retry_on_io, cache_policy=NO_CACHE,
-      task_run_name="score {input_file.name}")
-def score_file(model: str, input_file: Path, output_file: Path,
-               options: dict[str, Any]) -> dict[str, Any]:
+@task(
+    retries=len(IO_RETRY_DELAYS),
+    retry_delay_seconds=IO_RETRY_DELAYS,
+    retry_condition_fn=retry_on_io,
+    cache_policy=NO_CACHE,
+    task_run_name="score {input_file.name}",
+)
+def score_file(
+    model: str, input_file: Path, output_file: Path, options: dict[str, Any]
+) -> dict[str, Any]:
     """Score one file with the plain predict function; returns its summary."""
-    summary = run_predict(model, input_file, output_file, progress=False, **options)
+    summary = run_predict(
+        model, input_file, output_file, PredictOptions(progress=False, **options), SessionConfig()
+    )
     _logger().info(summary.line())
     return summary.as_dict()
 
@@ -105,7 +117,7 @@ def score_folder(
     output_format: str = "parquet",
     text_column: str = "text",
     id_column: str | None = None,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     force: bool = False,
 ) -> list[dict[str, Any]]:
     """Score the files of `input_dir` not scored yet into `output_dir`; returns their summaries."""
@@ -114,8 +126,12 @@ def score_folder(
     out_dir.mkdir(parents=True, exist_ok=True)
     pending = new_files(Path(input_dir), out_dir, output_format, model, force)
     logger.info("%d file(s) to score in %s", len(pending), input_dir)
-    options = {"text_column": text_column, "id_column": id_column, "batch_size": batch_size,
-               "output_format": output_format}
+    options = {
+        "text_column": text_column,
+        "id_column": id_column,
+        "batch_size": batch_size,
+        "output_format": output_format,
+    }
     summaries, failed = [], []
     for input_file, output_file in pending:
         try:
@@ -124,8 +140,9 @@ def score_folder(
             logger.error("%s: %s", input_file.name, exc)
             failed.append(f"{input_file.name} ({exc})")
     if summaries:
-        create_table_artifact(key="scored-files", table=summaries,
-                              description=f"Files scored from {input_dir}")
+        create_table_artifact(
+            key="scored-files", table=summaries, description=f"Files scored from {input_dir}"
+        )
     if failed:
         raise UserError(f"{len(failed)} file(s) could not be scored: {'; '.join(failed)}")
     return summaries
@@ -133,8 +150,9 @@ def score_folder(
 
 def deployment(cron: str = DEFAULT_CRON, **parameters: Any) -> RunnerDeployment:
     """A scheduled deployment of the flow, for `prefect.serve(...)` alongside others."""
-    return score_folder.to_deployment(name="score-folder", cron=cron, parameters=parameters,
-                                      tags=["predict"])
+    return score_folder.to_deployment(
+        name="score-folder", cron=cron, parameters=parameters, tags=["predict"]
+    )
 
 
 def main() -> None:

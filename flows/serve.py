@@ -30,8 +30,13 @@ RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
 def retrain_deployment() -> RunnerDeployment:
     """Every DVC stage, weekly; DVC skips what has not changed since the last run."""
     # One run at a time: two `dvc repro` in one workspace fail on DVC's lock.
-    return pipeline.to_deployment(name="weekly-retrain", cron=RETRAIN_CRON, concurrency_limit=1,
-                                  description=retrain_deployment.__doc__, tags=["dvc", "train"])
+    return pipeline.to_deployment(
+        name="weekly-retrain",
+        cron=RETRAIN_CRON,
+        concurrency_limit=1,
+        description=retrain_deployment.__doc__,
+        tags=["dvc", "train"],
+    )
 
 
 def deployments() -> list[RunnerDeployment]:
@@ -41,8 +46,11 @@ def deployments() -> list[RunnerDeployment]:
 
 def main() -> int:
     if not PREFECT_API_URL.value():
-        print("error: schedules need a Prefect server: run `prefect server start`, then "
-              "PREFECT_API_URL=http://127.0.0.1:4200/api python flows/serve.py", file=sys.stderr)
+        print(
+            "error: schedules need a Prefect server: run `prefect server start`, then "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api python flows/serve.py",
+            file=sys.stderr,
+        )
         return 2
     serve(*deployments())
     return 0

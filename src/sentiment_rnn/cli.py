@@ -1,120 +1,157 @@
 """`sentiment-rnn`: one subcommand per pipeline stage, plus batch prediction.
 
-Each stage command reads its own section of params.yaml once and passes plain values down.
-User mistakes print a one-line `error: ...` and exit with status 2, without a traceback.
+Each stage command runs the same `run` as `dvc repro` does (`sentiment_rnn.stages.<stage>`),
+which reads its own section of params.yaml once. User mistakes print a one-line `error: ...`
+and exit with status 2, without a traceback.
 """
 
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sentiment_rnn import paths
-from sentiment_rnn.errors import UserError
-from sentiment_rnn.params import load_params, section
+from sentiment_rnn.errors import UserError, exit_on_user_error
+from sentiment_rnn.params import load_params
+from sentiment_rnn.serving import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_ROWS
+from sentiment_rnn.stages.entry import configure_logging
 
 app = typer.Typer(
     help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
 )
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file to read.")]
-ARCH_HELP = "Model family: rnn, lstm or gru."
+ArchArg = Annotated[str, typer.Argument(help="Model family: rnn, lstm or gru.")]
+
+
+def _stage(module: str, params: Path, arch: str | None = None) -> None:
+    """Run a stage module's `run` on params.yaml, read once, as `dvc repro` would."""
+    from importlib import import_module
+
+    run = import_module(f"sentiment_rnn.stages.{module}").run
+    loaded = load_params(params)
+    if arch is None:
+        run(loaded)
+    else:
+        from sentiment_rnn.core.model import ARCHS
+
+        if arch not in ARCHS:
+            raise UserError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+        run(arch, loaded)
 
 
 @app.command()
 def download(params: ParamsOpt = Path("params.yaml")) -> None:
     """Load IMDB (hub id or local copy, `data.source`), validate it, carve a validation split."""
-    from sentiment_rnn.download import run_download
-
-    cfg = section(load_params(params), "data")
-    run_download(
-        source=str(cfg["source"]),
-        val_fraction=float(cfg["val_fraction"]),
-        seed=int(cfg["seed"]),
-        out_dir=paths.RAW_DIR,
-        metrics_path=paths.METRICS_DIR / "data.json",
-    )
+    _stage("download", params)
 
 
 @app.command()
 def tokenize(params: ParamsOpt = Path("params.yaml")) -> None:
-    """Train the WordPiece tokenizer on the train split and encode train / val / test."""
-    from sentiment_rnn.tokenize import TokenizeConfig, run_tokenize
-
-    cfg = TokenizeConfig(**section(load_params(params), "tokenize"))
-    run_tokenize(cfg, paths.RAW_DIR, paths.TOKENS_DIR, paths.METRICS_DIR / "tokenize.json")
+    """Fit the tokenizer on the train split and encode train / val / test."""
+    _stage("tokenize", params)
 
 
 @app.command()
 def embeddings(params: ParamsOpt = Path("params.yaml")) -> None:
     """Pretrain word vectors (PPMI + SVD) on the train and unlabelled reviews."""
-    from sentiment_rnn.embeddings import EmbeddingConfig, run_embeddings
-
-    cfg = EmbeddingConfig.from_dict(section(load_params(params), "embeddings"))
-    run_embeddings(
-        cfg, paths.RAW_DIR, paths.TOKENS_DIR / "tokenizer.json", paths.EMBEDDINGS_FILE,
-        paths.METRICS_DIR / "embeddings.json",
-    )
+    _stage("embeddings", params)
 
 
 @app.command()
-def train(
-    arch: Annotated[str, typer.Argument(help=ARCH_HELP)], params: ParamsOpt = Path("params.yaml")
-) -> None:
+def train(arch: ArchArg, params: ParamsOpt = Path("params.yaml")) -> None:
     """Train one model family with early stopping on validation accuracy; log it to MLflow."""
-    from sentiment_rnn.train import run_train
-
-    all_params = load_params(params)
-    run_train(
-        arch, section(all_params, f"train.{arch}"), str(section(all_params, "mlflow")["experiment"])
-    )
+    _stage("train", params, arch)
 
 
 @app.command()
-def evaluate(
-    arch: Annotated[str, typer.Argument(help=ARCH_HELP)], params: ParamsOpt = Path("params.yaml")
-) -> None:
+def evaluate(arch: ArchArg, params: ParamsOpt = Path("params.yaml")) -> None:
     """Report a trained model on the test split (metrics, curves, throughput); log to MLflow."""
-    from sentiment_rnn.evaluate import run_evaluate
-
-    all_params = load_params(params)
-    cfg = section(all_params, "evaluate")
-    run_evaluate(
-        arch, str(section(all_params, "mlflow")["experiment"]),
-        batch_size=int(cfg["batch_size"]), device=str(cfg["device"]),
-    )  # fmt: skip
+    _stage("evaluate", params, arch)
 
 
 @app.command()
-def export(
-    arch: Annotated[str, typer.Argument(help=ARCH_HELP)], params: ParamsOpt = Path("params.yaml")
-) -> None:
+def export(arch: ArchArg, params: ParamsOpt = Path("params.yaml")) -> None:
     """Export a trained model to ONNX, gate it on parity with torch, register it in MLflow."""
-    from sentiment_rnn.export import run_export
+    _stage("export", params, arch)
 
-    all_params = load_params(params)
-    cfg, tok = section(all_params, "export"), section(all_params, "tokenize")
-    run_export(
-        arch, str(section(all_params, "mlflow")["experiment"]),
-        max_length=int(tok["max_length"]), truncation_side=str(tok["truncation_side"]),
-        opset=int(cfg["opset"]), registered_model_prefix=str(cfg["registered_model_prefix"]),
-        parity_tolerance=float(cfg["parity_tolerance"]), seed=int(cfg["seed"]),
-    )  # fmt: skip
+
+@app.command()
+def baseline(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Fit the TF-IDF + logistic regression baseline on the same splits, for scale."""
+    _stage("baseline", params)
 
 
 @app.command()
 def compare(params: ParamsOpt = Path("params.yaml")) -> None:
     """Compare the three model families from their metrics files (table + figure)."""
-    from sentiment_rnn.compare import Baseline, run_compare
-    from sentiment_rnn.model import ARCHS
+    _stage("compare", params)
 
-    baseline = Baseline.from_dict(section(load_params(params), "compare.baseline"))
-    run_compare(
-        list(ARCHS), baseline, paths.METRICS_DIR,
-        markdown=Path("reports/comparison.md"), figure=Path("reports/comparison.png"),
-    )  # fmt: skip
+
+@app.command()
+def promote(
+    archs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Model families to register (default: every exported one)."),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Register each exported model in MLflow as a text model (review text in, label and
+    probability out) and move `champion` to the best on validation."""
+    from sentiment_rnn import paths
+    from sentiment_rnn import promote as step
+    from sentiment_rnn.core.model import ARCHS
+
+    chosen = archs or [a for a in ARCHS if paths.onnx_path(a).is_file()]
+    unknown = [a for a in chosen if a not in ARCHS]
+    if unknown or not chosen:
+        raise UserError(
+            f"unknown arch(s) {unknown}: choose among {', '.join(ARCHS)}"
+            if unknown
+            else "no exported model in models/: run the pipeline (or dvc repro export@<arch>)"
+        )
+    for result in step.run(load_params(params), chosen):
+        typer.echo(step.Promotion(**result).line())
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Option(help="The review's beginning ('' starts afresh).")] = "",
+    max_tokens: Annotated[int, typer.Option(help="Tokens to write at most per sample.")] = 80,
+    samples: Annotated[int, typer.Option(help="How many reviews to write.")] = 1,
+    seed: Annotated[int, typer.Option(help="The same seed writes the same text.")] = 0,
+    sentiment: Annotated[
+        str, typer.Option(help="positive, negative or neutral: the review asked for.")
+    ] = "neutral",
+    temperature: Annotated[float, typer.Option(help="> 0; lower is safer, higher wilder.")] = 0.9,
+    top_k: Annotated[
+        int, typer.Option(help="Draw among the k likeliest tokens (0: off; 1: greedy).")
+    ] = 0,
+    top_p: Annotated[
+        float,
+        typer.Option(
+            help="Nucleus: the likeliest tokens holding this much probability, in (0, 1]."
+        ),
+    ] = 0.95,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="A language model lm.pt or lm.onnx; default: models/lm-lstm/lm.pt."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write JSON Lines here (one sample per line) instead.")
+    ] = None,
+) -> None:
+    """Write movie reviews with a language model of the pipeline (`lm` stage)."""
+    from sentiment_rnn import generate as step
+    from sentiment_rnn.core.generate import Sampling
+
+    request = step.Request(prompt, max_tokens, samples, seed, sentiment,
+                           Sampling(temperature, top_k, top_p))  # fmt: skip
+    found = step.run_generate(model, request)
+    if output is None:
+        typer.echo(step.as_text(found))
+    else:
+        step.write_jsonl(found, output)
+        typer.echo(f"{len(found)} samples -> {output}")
 
 
 @app.command()
@@ -150,10 +187,12 @@ def predict(
     output_format: Annotated[
         str | None, typer.Option(help="csv, jsonl or parquet; default: from the extension.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Reviews per onnxruntime call.")] = 256,
+    batch_size: Annotated[
+        int, typer.Option(help="Reviews per onnxruntime call.")
+    ] = DEFAULT_BATCH_SIZE,
     chunk_rows: Annotated[
         int, typer.Option(help="Rows read, length-sorted and scored at a time (bounds memory).")
-    ] = 8192,
+    ] = DEFAULT_CHUNK_ROWS,
     providers: Annotated[
         str,
         typer.Option(
@@ -185,35 +224,41 @@ def predict(
     release_memory: Annotated[
         bool,
         typer.Option(
-            help="Shrink onnxruntime's arena after each chunk: about 1 GB less held between "
-            "chunks (GRU, 1,024 tokens), the same peak, about 5% slower."
+            help="Shrink onnxruntime's arena after each chunk: less memory held between "
+            "chunks, the same peak, somewhat slower."
         ),
     ] = False,
 ) -> None:
     """Score a file of reviews with an exported ONNX model; one output row per input row."""
-    from sentiment_rnn.predict import run_predict
+    from sentiment_rnn.serving.predict import PredictOptions, run_predict
+    from sentiment_rnn.serving.session import SessionConfig
 
+    options = PredictOptions(
+        text_column=text_column,
+        id_column=id_column,
+        input_format=input_format,
+        output_format=output_format,
+        batch_size=batch_size,
+        chunk_rows=chunk_rows,
+        progress=progress,
+        release_memory=release_memory,
+    )
+    session = SessionConfig(
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
+        threads=threads,
+        parallel=parallel,
+    )
     summary = run_predict(
-        model, input_path, output_path, tokenizer=tokenizer, threads=threads, parallel=parallel,
-        int8=int8,
-        providers=[p.strip() for p in providers.split(",") if p.strip()],
-        text_column=text_column, id_column=id_column, input_format=input_format,
-        output_format=output_format, batch_size=batch_size, chunk_rows=chunk_rows,
-        progress=progress, release_memory=release_memory,
-    )  # fmt: skip
+        model, input_path, output_path, options, session, tokenizer=tokenizer, int8=int8
+    )
     typer.echo(summary.line())
 
 
 def main() -> None:
     """Console entry point: run the app, turning user errors into one-line messages."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
+    configure_logging()
+    with exit_on_user_error():
         app()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

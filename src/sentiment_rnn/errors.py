@@ -1,5 +1,19 @@
 """Errors a user can act on: the CLI prints their message on one line, with no traceback."""
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """A mistake in input, configuration or environment that the user can fix."""
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a UserError into `error: <message>` on stderr and exit status 2."""
+    try:
+        yield
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

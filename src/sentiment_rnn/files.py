@@ -1,12 +1,17 @@
-"""Small file helpers shared by the stages: JSON metrics and atomic writes."""
+"""Small file helpers: atomic writes, JSON, digests."""
 
+import hashlib
+import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @contextmanager
@@ -34,3 +39,26 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
 def read_json(path: str | Path) -> dict[str, Any]:
     """Read a JSON file written by `write_json`."""
     return json.loads(Path(path).read_text())
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes: the identity of a tokenizer, a model, an input."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """An `.npz` that `np.load` reads, byte-identical for identical arrays.
+
+    (`np.savez` stamps each member with the current time, so equal arrays would give files
+    with other digests and DVC would see a changed output.)
+    """
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array))
+            archive.writestr(member, buffer.getvalue())

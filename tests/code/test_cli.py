@@ -35,5 +35,5 @@ def test_missing_params_file(tmp_path: Path) -> None:
 
 
 def test_missing_section_names_the_key() -> None:
-    with pytest.raises(UserError, match="missing 'gru'"):
+    with pytest.raises(UserError, match="missing key 'gru'"):
         section({"train": {"lstm": {}}}, "train.gru")

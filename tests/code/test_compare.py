@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sentiment_rnn.compare import Baseline, load_rows, markdown_table, run_compare
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.files import write_json
+from sentiment_rnn.stages.compare import Baseline, compare, load_rows, markdown_table
 
-BASELINE = Baseline("TF-IDF bigrams + logistic regression", 0.906, 31.0)
+BASELINE = Baseline("TF-IDF bigrams + logistic regression", 0.9084, 0.906, 31.0)
+BASELINE_METRICS = {"model": BASELINE.name, "val_acc": 0.9084, "test_acc": 0.906,
+                    "fit_and_select_seconds": 31.0}  # fmt: skip
 NUMBERS = {  # arch: (parameters, best val acc, test acc, f1, auc, train s, onnx bytes, ort/s)
     "rnn": (2_600_000, 0.8312, 0.8201, 0.8150, 0.9012, 412.4, 10_480_000, 1510.2),
     "lstm": (2_800_000, 0.8904, 0.8855, 0.8866, 0.9533, 1530.0, 11_200_000, 820.0),
@@ -31,15 +33,18 @@ def write_metrics(metrics_dir: Path, arch: str, row: tuple) -> None:
 
 
 @pytest.fixture
-def metrics_dir(tmp_path: Path) -> Path:
+def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The metrics files of two archs and the baseline, in a project that is the working dir."""
     folder = tmp_path / "reports/metrics"
     for arch, row in NUMBERS.items():
         write_metrics(folder, arch, row)
+    write_json(folder / "baseline.json", BASELINE_METRICS)
+    monkeypatch.chdir(tmp_path)
     return folder
 
 
 def test_rows_come_from_the_three_metrics_files(metrics_dir: Path) -> None:
-    rnn, lstm = load_rows(metrics_dir, ["rnn", "lstm"])
+    rnn, lstm = load_rows(["rnn", "lstm"])
     assert (rnn.arch, rnn.parameters, rnn.test_accuracy, rnn.onnx_bytes) == (
         "rnn", 2_600_000, 0.8201, 10_480_000,
     )  # fmt: skip
@@ -49,20 +54,21 @@ def test_rows_come_from_the_three_metrics_files(metrics_dir: Path) -> None:
 
 
 def test_markdown_table_formats_each_arch_and_labels_the_quoted_baseline(metrics_dir: Path) -> None:
-    table = markdown_table(load_rows(metrics_dir, ["rnn", "lstm"]), BASELINE).splitlines()
+    table = markdown_table(load_rows(["rnn", "lstm"]), BASELINE).splitlines()
     assert len(table) == 2 + 2 + 1  # header, rule, two archs, baseline
     assert table[2] == (
         "| rnn | 2,600,000 | 83.12% | 82.01% | 0.8150 | 0.9012 | 412 s | NVIDIA H100 "
         "| 10.48 MB | 1,510 |"
     )
     assert table[3].startswith("| lstm | 2,800,000 | 89.04% | 88.55% | 0.8866 | 0.9533 | 1,530 s")
-    assert "quoted" in table[4] and "90.60%" in table[4] and "31 s" in table[4]
+    assert "baseline stage" in table[4] and "90.60%" in table[4] and "31 s" in table[4]
+    assert "90.84%" in table[4]  # its validation accuracy
     assert table[4].startswith("| TF-IDF bigrams + logistic regression")
 
 
-def test_run_compare_writes_markdown_and_figure(tmp_path: Path, metrics_dir: Path) -> None:
+def test_compare_writes_markdown_and_figure(tmp_path: Path, metrics_dir: Path) -> None:
     md, png = tmp_path / "reports/comparison.md", tmp_path / "reports/comparison.png"
-    run_compare(["rnn", "lstm"], BASELINE, metrics_dir, md, png)
+    compare(["rnn", "lstm"], md, png)
     text = md.read_text()
     assert "**lstm** (88.55%)" in text  # the best test accuracy is named
     assert "![comparison](comparison.png)" in text
@@ -78,22 +84,19 @@ def test_a_missing_metrics_file_names_the_stage_to_run(
     (metrics_dir / f"{kind}-lstm.json").unlink()
     md = tmp_path / "reports/comparison.md"
     with pytest.raises(UserError, match=rf"run the {stage} stage first \(dvc repro {stage}@lstm\)"):
-        run_compare(["rnn", "lstm"], BASELINE, metrics_dir, md, tmp_path / "c.png")
+        compare(["rnn", "lstm"], md, tmp_path / "c.png")
     assert not md.exists()  # nothing half-written
 
 
-def test_baseline_from_params_rejects_unknown_keys() -> None:
-    assert (
-        Baseline.from_dict({"name": "x", "test_accuracy": 0.9, "train_seconds": 3}).device == "cpu"
-    )
-    with pytest.raises(UserError, match="compare.baseline"):
-        Baseline.from_dict({"name": "x", "test_accuracy": 0.9, "train_seconds": 3, "f1": 0.9})
+def test_a_missing_baseline_names_its_stage(tmp_path: Path, metrics_dir: Path) -> None:
+    (metrics_dir / "baseline.json").unlink()
+    with pytest.raises(UserError, match=r"run the baseline stage first \(dvc repro baseline\)"):
+        compare(["rnn", "lstm"], tmp_path / "c.md", tmp_path / "c.png")
 
 
-def test_cli_compare_reads_params_and_reports_missing_files(tmp_path: Path) -> None:
-    params = {"compare": {"baseline": {"name": "TF-IDF", "test_accuracy": 0.906,
-                                       "train_seconds": 31, "device": "cpu"}}}  # fmt: skip
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+def test_cli_compare_reports_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"mlflow": {"experiment": "x"}}))
+    write_json(tmp_path / "reports/metrics/baseline.json", BASELINE_METRICS)
     cli = [sys.executable, "-c", "from sentiment_rnn.cli import main; main()", "compare"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     failed = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, env=env)

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from sentiment_rnn import evaluate as ev
-from sentiment_rnn.data import TokenDataset
+from sentiment_rnn.core import metrics as ev
+from sentiment_rnn.core.data import TokenDataset
+from sentiment_rnn.core.model import ModelConfig, SentimentRNN, load_model
+from sentiment_rnn.core.tokenizer import Encoded
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.files import read_json
-from sentiment_rnn.model import ModelConfig, SentimentRNN
-from sentiment_rnn.tokenize import Encoded
-from tests.conftest import trained_copy
+from sentiment_rnn.stages import evaluate as stage
+from tests.conftest import tiny_params, trained_copy
 
 EXPERIMENT = "test-experiment"  # tiny_params' mlflow.experiment
 
@@ -86,11 +87,6 @@ def test_thin_keeps_both_ends() -> None:
     assert ev.thin(points[:5], 10).tolist() == points[:5].tolist()
 
 
-def test_numeric_items_flatten_numbers_only() -> None:
-    data = {"accuracy": 0.5, "arch": "gru", "confusion": {"tp": 3}, "flag": True}
-    assert ev.numeric_items(data, "test/") == {"test/accuracy": 0.5, "test/confusion/tp": 3.0}
-
-
 def test_predictions_do_not_depend_on_batching() -> None:
     torch.manual_seed(0)
     model = SentimentRNN(ModelConfig(arch="gru", vocab_size=30, embed_dim=8, hidden_size=8))
@@ -116,9 +112,12 @@ def project(tokenized_project: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield project_root
 
 
+CFG = stage.EvaluateConfig(batch_size=16, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def gru_report(project: Path) -> dict:
-    return ev.run_evaluate("gru", EXPERIMENT, batch_size=16, device="cpu")
+    return stage.evaluate("gru", CFG, EXPERIMENT)
 
 
 def test_evaluate_writes_metrics_plots_and_image(project: Path, gru_report: dict) -> None:
@@ -146,10 +145,8 @@ def test_evaluate_writes_metrics_plots_and_image(project: Path, gru_report: dict
 def test_evaluate_logs_test_metrics_to_the_training_run(project: Path, gru_report: dict) -> None:
     import mlflow
 
-    from sentiment_rnn.tracking import read_run_id
-
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    run = client.get_run(read_run_id(project / "models/gru/mlflow_run.json"))
+    run = client.get_run(load_model(project / "models/gru/model.pt")[1].mlflow_run_id)
     metrics = run.data.metrics
     assert metrics["test/accuracy"] == pytest.approx(gru_report["accuracy"])
     assert metrics["test/roc_auc"] == pytest.approx(gru_report["roc_auc"])
@@ -162,11 +159,33 @@ def test_evaluate_logs_test_metrics_to_the_training_run(project: Path, gru_repor
     assert "evaluation/eval-gru.png" in logged and "evaluation/eval-gru.json" in logged
 
 
-def test_evaluate_refuses_unknown_arch_and_missing_model(project: Path) -> None:
-    with pytest.raises(UserError, match="unknown arch"):
-        ev.run_evaluate("transformer", EXPERIMENT)
+def test_evaluate_refuses_a_missing_model(project: Path) -> None:
     with pytest.raises(UserError, match="run the train stage"):
-        ev.run_evaluate("rnn", EXPERIMENT)  # not trained in this project
+        stage.evaluate("rnn", CFG, EXPERIMENT)  # not trained in this project
+
+
+def test_evaluate_starts_a_new_run_when_the_training_run_is_not_in_the_store(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    report = stage.evaluate("gru", CFG, EXPERIMENT)
+    runs = mlflow.MlflowClient(other).search_runs(
+        [mlflow.MlflowClient(other).get_experiment_by_name(EXPERIMENT).experiment_id]
+    )
+    assert len(runs) == 1 and runs[0].data.metrics["test/accuracy"] == report["accuracy"]
+    assert (
+        runs[0].data.tags["trained_in_run"]
+        == load_model(project / "models/gru/model.pt")[1].mlflow_run_id
+    )
+
+
+def test_stage_refuses_a_wrong_evaluate_section(project: Path) -> None:
+    params = tiny_params("unused") | {"evaluate": {"batch_size": "16", "device": "cpu"}}
+    with pytest.raises(UserError, match=r"'evaluate.batch_size'.*valid integer.*evaluate@gru"):
+        stage.run("gru", params)
 
 
 def test_evaluate_refuses_a_model_trained_on_another_tokenizer(project: Path) -> None:
@@ -174,7 +193,7 @@ def test_evaluate_refuses_a_model_trained_on_another_tokenizer(project: Path) ->
     original = tokenizer.read_bytes()
     tokenizer.write_bytes(original + b" ")
     try:
-        with pytest.raises(UserError, match="another tokenizer"):
-            ev.run_evaluate("lstm", EXPERIMENT)
+        with pytest.raises(UserError, match="is not the one models/lstm was trained with"):
+            stage.evaluate("lstm", CFG, EXPERIMENT)
     finally:
         tokenizer.write_bytes(original)

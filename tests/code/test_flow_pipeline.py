@@ -1,28 +1,47 @@
-"""The pipeline flow (flows/pipeline.py) on a tiny DVC project, under a temporary Prefect API.
+"""The pipeline flow (flows/pipeline.py) on a tiny DVC project.
 
-The flow tests share one project and run in file order: a first run (every stage runs), a
-second (none does), one arch's parameter changed, an arch subset, then a failing stage.
+One flow run per module brings a fresh project up to date (`first_run`); each test starts from
+that state: tests that change params or the workspace work on their own copy (`project_copy`),
+so the tests pass alone and in any order. In-process runs use one session-wide test API server;
+the command line tests run `python flows/pipeline.py` as a subprocess.
 """
 
 import json
+import os
+import re
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flows import dvc_plan as plan
+from flows import dvc_runner as dvc
 from flows import pipeline as flow_module
-from sentiment_rnn import orchestration as orch
 from sentiment_rnn.errors import UserError
-from tests.code.dvc_project import build_dvc_project
+from sentiment_rnn.params import read_param, set_param
+from sentiment_rnn.testing import build_dvc_project
 
-RAN, SKIPPED = orch.RAN, orch.SKIPPED
+RAN, SKIPPED = plan.RAN, plan.SKIPPED
+SCRIPT = Path(flow_module.__file__)
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    """The project after its first flow run, and what that run returned."""
+
+    root: Path
+    outcomes: dict[str, str]
+    flow_run_id: Any
 
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
-    """One temporary Prefect server for the session (about 9 s to start on two cores)."""
+    """One temporary Prefect server for the session (slow to start on two cores)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
@@ -30,14 +49,34 @@ def prefect_api() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, synthetic_imdb: Path,
-            prefect_api: None) -> Iterator[Path]:
-    """A tiny DVC project with its own MLflow store, shared by the ordered tests below."""
+def first_run(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_imdb: Path, prefect_api: None
+) -> Iterator[FirstRun]:
+    """A tiny DVC project with its own MLflow store, after one flow run of every stage.
+
+    Read-only for tests, but for no-change flow runs (they add runs to its stores).
+    """
     root = build_dvc_project(tmp_path_factory.mktemp("flow") / "project", synthetic_imdb)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", store(root))
         patch.setenv("OMP_NUM_THREADS", "1")  # the stages' torch, on two shared cores
-        yield root
+        outcomes, flow_run_id = run_flow(root)
+        yield FirstRun(root, outcomes, flow_run_id)
+
+
+@pytest.fixture
+def project_copy(first_run: FirstRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the project after its first run, for a test that changes it, tracked in the
+    copy's MLflow store. (The store's artifact locations still point into the original, so new
+    runs' artifacts land there; no test reads them.)"""
+    root = tmp_path / "project"
+    shutil.copytree(first_run.root, root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store(root))
+    return root
+
+
+def store(root: Path) -> str:
+    return f"sqlite:///{root / 'mlflow.db'}"
 
 
 def run_flow(root: Path, **params: Any) -> tuple[dict[str, str], Any]:
@@ -51,15 +90,16 @@ def stage_table(flow_run_id: Any) -> list[dict[str, str]]:
 
 
 def artifact(flow_run_id: Any, key: str) -> Any:
-    from prefect.client.orchestration import get_client
+    from prefect import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
         ArtifactFilterKey,
     )
 
-    found = ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
-                           flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    found = ArtifactFilter(
+        key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+    )
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=found)
     assert len(artifacts) == 1, f"expected one {key} artifact, found {len(artifacts)}"
@@ -67,8 +107,13 @@ def artifact(flow_run_id: Any, key: str) -> Any:
 
 
 def dvc_status(root: Path) -> dict[str, Any]:
-    out = subprocess.run([orch.dvc_command(orch.child_env({})), "status", "--json"], cwd=root,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [dvc.dvc_command(dvc.child_env({})), "status", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout or "{}")
 
 
@@ -76,7 +121,7 @@ def mlflow_runs(root: Path) -> list[Any]:
     """Every MLflow run of the project, oldest first."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=store(root))
     experiment = client.get_experiment_by_name("test-experiment")
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
@@ -86,96 +131,180 @@ def parent_runs(root: Path) -> list[Any]:
 
 
 def arch_stages(outcomes: dict[str, str], arch: str) -> set[str]:
-    return {stage for stage in outcomes if orch.stage_arch(stage) == arch}
+    return {stage for stage in outcomes if plan.stage_arch(stage) == arch}
+
+
+def run_cli(root: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    """`python flows/pipeline.py` on `root`: exit status, stdout (the outcome table), log."""
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--project-root", str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return out.returncode, out.stdout, out.stdout + out.stderr
+
+
+def cli_env(tmp_path: Path, **prefect: str) -> dict[str, str]:
+    """Our environment without any PREFECT_ setting but `prefect`, with a throwaway PREFECT_HOME
+    (no profile, and not the user's database)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return {**env, "PREFECT_HOME": str(tmp_path / "prefect-home"), **prefect}
+
+
+def table_outcomes(stdout: str) -> set[str]:
+    rows = [line.split(maxsplit=1) for line in stdout.splitlines() if line.strip()]
+    return {row[1].strip() for row in rows if len(row) == 2}
 
 
 @pytest.mark.slow
-def test_first_run_runs_every_stage(project):
-    outcomes, flow_run_id = run_flow(project)
+def test_first_run_runs_every_stage(first_run):
+    outcomes, root = first_run.outcomes, first_run.root
 
     assert {"download", "tokenize", "train@rnn", "train@lstm", "train@gru"} <= set(outcomes)
     assert set(outcomes.values()) == {RAN}
-    assert [row["stage"] for row in stage_table(flow_run_id)] == list(outcomes)
-    assert dvc_status(project) == {}
-    (parent,) = parent_runs(project)
+    assert [row["stage"] for row in stage_table(first_run.flow_run_id)] == list(outcomes)
+    assert dvc_status(root) == {}
+    (parent,) = [
+        r
+        for r in parent_runs(root)
+        if r.data.tags.get("prefect_flow_run_id") == str(first_run.flow_run_id)
+    ]
     assert parent.info.status == "FINISHED"
-    children = [r for r in mlflow_runs(project)
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.data.tags["stages_ran"] == ", ".join(outcomes)
+    children = [
+        r for r in mlflow_runs(root) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
     assert sorted(r.info.run_name for r in children) == ["gru", "lstm", "rnn"]
-    assert all(r.info.artifact_uri.startswith(str(project)) for r in children)
+    assert all(r.info.artifact_uri.startswith(str(root)) for r in children)
     if "compare" in outcomes:
-        published = artifact(flow_run_id, "model-comparison").data
-        assert published == (project / flow_module.COMPARISON).read_text()
+        published = artifact(first_run.flow_run_id, "model-comparison").data
+        assert published == (root / flow_module.COMPARISON).read_text()
 
 
 @pytest.mark.slow
-def test_second_run_runs_nothing(project):
-    runs_before = len(mlflow_runs(project))
+def test_second_run_runs_nothing(first_run):
+    runs_before = len(mlflow_runs(first_run.root))
 
-    outcomes, flow_run_id = run_flow(project)
+    outcomes, flow_run_id = run_flow(first_run.root)
 
     assert set(outcomes.values()) == {SKIPPED}
     assert {row["outcome"] for row in stage_table(flow_run_id)} == {SKIPPED}
-    assert len(mlflow_runs(project)) == runs_before + 1  # the parent run only
-    assert parent_runs(project)[-1].info.status == "FINISHED"
+    assert len(mlflow_runs(first_run.root)) == runs_before + 1  # the parent run only
+    assert parent_runs(first_run.root)[-1].info.status == "FINISHED"
 
 
 @pytest.mark.slow
-def test_changing_one_arch_reruns_only_its_stages(project):
-    orch.set_param(project / "params.yaml", "train.gru.lr", 0.02)
+def test_changing_one_arch_reruns_only_its_stages(project_copy):
+    set_param(project_copy / "params.yaml", "train.gru.lr", 0.02)
 
-    outcomes, _ = run_flow(project)
+    outcomes, _ = run_flow(project_copy)
 
     ran = {stage for stage, outcome in outcomes.items() if outcome == RAN}
     assert ran == arch_stages(outcomes, "gru") | ({"compare"} & set(outcomes))
-    assert dvc_status(project) == {}
+    assert dvc_status(project_copy) == {}
 
 
 @pytest.mark.slow
-def test_an_arch_subset_leaves_the_other_archs_alone(project):
-    params = project / "params.yaml"
-    old_lr = orch.read_param(params, "train.lstm.lr")
-    orch.set_param(params, "train.lstm.lr", 0.03)
+def test_an_arch_subset_leaves_the_other_archs_alone(project_copy):
+    params = project_copy / "params.yaml"
+    old_lr = read_param(params, "train.lstm.lr")
+    set_param(params, "train.lstm.lr", 0.03)
 
-    outcomes, _ = run_flow(project, archs=["rnn"])
+    outcomes, _ = run_flow(project_copy, archs=["rnn"])
 
     assert {outcomes[s] for s in arch_stages(outcomes, "rnn")} == {SKIPPED}
     others = arch_stages(outcomes, "lstm") | arch_stages(outcomes, "gru")
-    assert {outcomes[s] for s in others} == {orch.EXCLUDED}
+    assert {outcomes[s] for s in others} == {plan.EXCLUDED}
     if "compare" in outcomes:  # lstm is out of date: a comparison now would mix old and new
-        assert outcomes["compare"] == orch.BLOCKED
-    assert "train@lstm" in dvc_status(project)
-    orch.set_param(params, "train.lstm.lr", old_lr)
-    assert dvc_status(project) == {}
+        assert outcomes["compare"] == plan.BLOCKED
+    assert "train@lstm" in dvc_status(project_copy)
+    set_param(params, "train.lstm.lr", old_lr)
+    assert dvc_status(project_copy) == {}  # nothing of lstm was touched
 
 
 @pytest.mark.slow
-def test_unknown_arch_fails_before_any_stage(project):
-    parents_before = len(parent_runs(project))
+def test_unknown_arch_fails_before_any_stage(first_run):
+    parents_before = len(parent_runs(first_run.root))
     with pytest.raises(UserError, match="unknown arch"):
-        flow_module.pipeline(project_root=str(project), archs=["cnn"])
-    assert len(parent_runs(project)) == parents_before
+        flow_module.pipeline(project_root=str(first_run.root), archs=["cnn"])
+    assert len(parent_runs(first_run.root)) == parents_before
 
 
 @pytest.mark.slow
-def test_failing_stage_fails_the_flow_with_its_message(project):
-    lock_before = (project / "dvc.lock").read_text()
-    missing = project / "no-such-imdb"
+def test_failing_stage_fails_the_flow_with_its_message(project_copy):
+    lock_before = (project_copy / "dvc.lock").read_text()
+    missing = project_copy / "no-such-imdb"
 
-    state = flow_module.pipeline(project_root=str(project), data_source=str(missing),
-                                 return_state=True)
+    state = flow_module.pipeline(
+        project_root=str(project_copy), data_source=str(missing), return_state=True
+    )
 
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
-    assert isinstance(error, orch.StageFailed)
+    assert isinstance(error, dvc.StageFailed)
     assert error.stage == "download"
     assert f"data.source '{missing}' does not exist" in str(error)  # the stage's own message
-    assert orch.read_param(project / "params.yaml", "data.source") == str(missing)
-    assert parent_runs(project)[-1].info.status == "FAILED"
+    assert read_param(project_copy / "params.yaml", "data.source") == str(missing)
+    assert parent_runs(project_copy)[-1].info.status == "FAILED"
     table = {row["stage"]: row["outcome"] for row in stage_table(state.state_details.flow_run_id)}
-    assert table.pop("download") == orch.FAILED
-    assert set(table.values()) == {orch.NOT_RUN}
-    assert (project / "dvc.lock").read_text() == lock_before
+    assert table.pop("download") == plan.FAILED
+    assert set(table.values()) == {plan.NOT_RUN}
+    assert (project_copy / "dvc.lock").read_text() == lock_before
+
+
+@pytest.mark.slow
+def test_command_without_an_api_url_runs_on_prefects_temporary_server(first_run, tmp_path):
+    code, stdout, log = run_cli(first_run.root, cli_env(tmp_path))
+
+    assert code == 0, log[-3000:]
+    assert table_outcomes(stdout) == {SKIPPED}
+    assert "Starting temporary server on" in log  # Prefect's own, started by Prefect
+    assert "Failed to send telemetry" not in log  # offline: the CLI turned analytics off
+
+
+@pytest.mark.slow
+def test_command_with_an_api_url_records_the_run_there_and_starts_no_server(first_run, tmp_path):
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()  # the session's test server
+    code, stdout, log = run_cli(first_run.root, cli_env(tmp_path, PREFECT_API_URL=api))
+
+    assert code == 0, log[-3000:]
+    assert table_outcomes(stdout) == {SKIPPED}
+    assert "temporary server" not in log
+    flow_run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", log)
+    assert flow_run_id, log[-3000:]
+    with get_client(sync_client=True) as client:
+        recorded = client.read_flow_run(flow_run_id[1])
+    assert recorded.state is not None and recorded.state.is_completed()
+    assert {row["outcome"] for row in stage_table(recorded.id)} == {SKIPPED}
+
+
+def test_command_defaults_leave_the_users_own_settings_alone():
+    from prefect.settings import (
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    chosen = {
+        PREFECT_SERVER_ANALYTICS_ENABLED: True,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 7,
+    }
+    with temporary_settings(updates=chosen), flow_module.command_settings():
+        assert PREFECT_SERVER_ANALYTICS_ENABLED.value() is True
+        assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() == 7
+    if any(setting.name in os.environ for setting in chosen):
+        pytest.skip("this environment sets them itself")
+    with flow_module.command_settings():
+        assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() == 120
+        # What Prefect passes to the temporary server it starts:
+        server_env = get_current_settings().to_environment_variables(exclude_unset=True)
+        assert server_env["PREFECT_SERVER_ANALYTICS_ENABLED"].lower() == "false"
 
 
 def test_stage_task_retries_only_a_download_from_the_hub(tmp_path):
@@ -183,7 +312,7 @@ def test_stage_task_retries_only_a_download_from_the_hub(tmp_path):
     params.write_text("data:\n  source: stanfordnlp/imdb\n")
     assert flow_module.stage_task("download", tmp_path).retries == 2
     assert flow_module.stage_task("tokenize", tmp_path).retries == 0
-    orch.set_param(params, "data.source", str(tmp_path))
+    set_param(params, "data.source", str(tmp_path))
     assert flow_module.stage_task("download", tmp_path).retries == 0
 
 
@@ -193,30 +322,6 @@ def test_up_to_date_stage_task_returns_without_calling_dvc(tmp_path):
 
     with disable_run_logger():
         assert flow_module.run_stage.fn("train@rnn", tmp_path, {}, up_to_date=True) == SKIPPED
-
-
-@pytest.mark.slow
-def test_temporary_server_answers_and_stops():
-    import httpx
-
-    server = flow_module.TemporaryServer()
-    server.start()
-    try:
-        server.wait(timeout=120)
-        assert httpx.get(f"{server.api_url}/health").json() is True
-    finally:
-        process = server.process
-        server.stop()
-    assert process is not None and process.poll() is not None
-    assert server.process is None
-
-
-def test_no_temporary_server_where_an_api_url_is_set(prefect_api):
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    with flow_module.temporary_prefect_api(startup_timeout=1):
-        assert PREFECT_API_URL.value() == url
 
 
 def test_command_line_arguments():

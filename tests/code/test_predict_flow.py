@@ -54,7 +54,9 @@ def test_new_files_skips_scored_ones(tmp_path: Path, model_file: Path) -> None:
     out.mkdir()
     pending = score_flow.new_files(src, out, "parquet", str(model_file))
     assert [(i.name, o.name) for i, o in pending] == [
-        ("a.csv", "a.predictions.parquet"), ("b.txt", "b.predictions.parquet")]
+        ("a.csv", "a.predictions.parquet"),
+        ("b.txt", "b.predictions.parquet"),
+    ]
     (out / "a.predictions.parquet").write_text("scored")
     pending = score_flow.new_files(src, out, "parquet", str(model_file))
     assert [i.name for i, _ in pending] == ["b.txt"]
@@ -79,8 +81,9 @@ def test_only_io_errors_are_retried() -> None:
 
 def test_score_file_task_logic(tmp_path: Path, model_file: Path) -> None:
     src = inbox(tmp_path)
-    summary = score_flow.score_file.fn(str(model_file), src / "a.csv", tmp_path / "a.jsonl",
-                                       {"output_format": "jsonl"})
+    summary = score_flow.score_file.fn(
+        str(model_file), src / "a.csv", tmp_path / "a.jsonl", {"output_format": "jsonl"}
+    )
     assert summary["rows"] == summary["ok"] == 12
     assert len(pd.read_json(tmp_path / "a.jsonl", lines=True)) == 12
 
@@ -92,7 +95,9 @@ def test_flow_scores_new_files_then_skips_them(
     first = score_flow.score_folder(str(src), str(out), str(model_file))
     assert sorted(s["input"] for s in first) == [str(src / "a.csv"), str(src / "b.txt")]
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.predictions.parquet", "b.predictions.parquet"]
+        "a.predictions.parquet",
+        "b.predictions.parquet",
+    ]
     assert score_flow.score_folder(str(src), str(out), str(model_file)) == []  # nothing new
 
     (src / "c.jsonl").write_text('{"text": "a wonderful film"}\n{"text": ""}\n')
@@ -106,9 +111,13 @@ def test_flow_scores_new_files_then_skips_them(
 
 
 def test_deployment_carries_the_schedule_and_parameters(model_file: Path) -> None:
-    deployment = score_flow.deployment("0 * * * *", input_dir="in", output_dir="out",
-                                       model=str(model_file))
+    deployment = score_flow.deployment(
+        "0 * * * *", input_dir="in", output_dir="out", model=str(model_file)
+    )
     assert deployment.name == "score-folder"
     assert [s.schedule.cron for s in deployment.schedules] == ["0 * * * *"]
-    assert deployment.parameters == {"input_dir": "in", "output_dir": "out",
-                                     "model": str(model_file)}
+    assert deployment.parameters == {
+        "input_dir": "in",
+        "output_dir": "out",
+        "model": str(model_file),
+    }

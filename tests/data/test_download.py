@@ -1,6 +1,5 @@
 """Data tier: the download stage's splits, schema validation and errors on bad sources."""
 
-import json
 import re
 import subprocess
 import sys
@@ -11,13 +10,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from sentiment_rnn.download import run_download, split_train_val, validate
 from sentiment_rnn.errors import UserError
+from sentiment_rnn.stages.download import DataConfig, download, split_train_val, validate_split
 from tests.conftest import synthetic_reviews, tiny_params, write_hub_layout
 
 
 def _download(tmp_path: Path, source: Path | str) -> dict:
-    return run_download(str(source), 0.2, 0, tmp_path / "raw", tmp_path / "data.json")
+    return download(DataConfig(str(source), 0.2, 0), tmp_path / "raw")
 
 
 def test_splits_are_stratified_disjoint_and_complete(tmp_path: Path, synthetic_imdb: Path) -> None:
@@ -31,7 +30,7 @@ def test_splits_are_stratified_disjoint_and_complete(tmp_path: Path, synthetic_i
         assert list(df.columns) == ["text", "label"]
         assert df["label"].value_counts().to_dict() == {0: len(df) // 2, 1: len(df) // 2}
     assert stats["train"]["rows"] == len(train) and stats["val"]["pos"] == 24
-    assert json.loads((tmp_path / "data.json").read_text())["test"]["rows"] == 120
+    assert stats["test"]["rows"] == 120
 
 
 def test_split_is_seeded() -> None:
@@ -54,7 +53,7 @@ def test_split_is_seeded() -> None:
 )
 def test_validate_names_the_bad_rows(frame: pd.DataFrame, message: str) -> None:
     with pytest.raises(UserError, match=re.escape(message)):
-        validate(frame, "train")
+        validate_split(frame, "train")
 
 
 def test_missing_folder_says_how_to_use_a_local_copy(tmp_path: Path) -> None:
@@ -107,8 +106,24 @@ def test_unlabelled_reviews_are_kept_for_word_vectors(tmp_path: Path, synthetic_
     stats = _download(tmp_path, synthetic_imdb)
     unlabelled = pd.read_parquet(tmp_path / "raw/unsupervised.parquet")
     assert list(unlabelled.columns) == ["text"] and len(unlabelled) == 160
-    assert stats["unsupervised"]["rows"] == 160
-    assert set(stats["unsupervised"]) == {"rows", "overlap_with_val", "overlap_with_test"}
+    assert stats["unsupervised"] == {
+        "rows_read": 160, "removed_same_as_val": 0, "removed_same_as_test": 0, "rows": 160
+    }  # fmt: skip
+
+
+def test_unlabelled_reviews_identical_to_held_out_ones_are_removed(tmp_path: Path) -> None:
+    train, test = synthetic_reviews(60, 1), synthetic_reviews(30, 2)
+    unlabelled = pd.concat([synthetic_reviews(20, 3), test.iloc[:4], train.iloc[:7]])[["text"]]
+    source = write_hub_layout(tmp_path / "imdb", train, test, unlabelled)
+    stats = _download(tmp_path, source)
+    val = pd.read_parquet(tmp_path / "raw/val.parquet")
+    kept = pd.read_parquet(tmp_path / "raw/unsupervised.parquet")
+    in_val = int(train.iloc[:7]["text"].isin(val["text"]).sum())
+    assert stats["unsupervised"] == {
+        "rows_read": 31, "removed_same_as_val": in_val, "removed_same_as_test": 4,
+        "rows": 31 - 4 - in_val,
+    }  # fmt: skip
+    assert set(kept["text"]).isdisjoint(set(val["text"]) | set(test["text"]))
 
 
 def test_source_without_unlabelled_split_gives_an_empty_file(tmp_path: Path) -> None:
@@ -116,3 +131,18 @@ def test_source_without_unlabelled_split_gives_an_empty_file(tmp_path: Path) -> 
     stats = _download(tmp_path, source)
     assert len(pd.read_parquet(tmp_path / "raw/unsupervised.parquet")) == 0
     assert stats["unsupervised"]["rows"] == 0
+
+
+def test_a_relative_source_is_read_from_the_project_root_in_a_dvc_experiment(
+    tmp_path: Path, synthetic_imdb: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dvc exp run --queue` runs the stage in a temporary copy; DVC_ROOT names the project."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data/imdb").symlink_to(synthetic_imdb, target_is_directory=True)
+    copy = project / ".dvc/tmp/exps/run/x"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    stats = download(DataConfig("data/imdb", 0.2, 0), Path("data/raw"))
+    assert stats["test"]["rows"] == 120 and (copy / "data/raw/train.parquet").is_file()

@@ -6,16 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sentiment_rnn.embeddings import (
+from sentiment_rnn.core.embeddings import (
     EmbeddingConfig,
     cooccurrence,
     fit_embeddings,
-    load_vectors,
     ppmi,
-    run_embeddings,
+    word_id,
 )
+from sentiment_rnn.core.tokenizer import TokenizeConfig, train_tokenizer
 from sentiment_rnn.errors import UserError
-from sentiment_rnn.tokenize import TokenizeConfig, train_tokenizer
+from sentiment_rnn.params import validate
+from sentiment_rnn.stages import common
+from sentiment_rnn.stages import embeddings as stage
 
 
 def test_cooccurrence_counts_within_a_text_weighted_by_distance() -> None:
@@ -54,7 +56,7 @@ def test_words_used_alike_get_similar_vectors() -> None:
     tok = train_tokenizer(texts, TokenizeConfig(vocab_size=300, min_frequency=1))
     result = fit_embeddings(tok, texts, EmbeddingConfig(dim=8, window=2))
     vec = result.vectors / np.maximum(np.linalg.norm(result.vectors, axis=1, keepdims=True), 1e-8)
-    great, superb, awful = (vec[tok.token_to_id(w)] for w in ("great", "superb", "awful"))
+    great, superb, awful = (vec[word_id(tok, w)] for w in ("great", "superb", "awful"))
     assert great @ superb > great @ awful + 0.3
     assert result.vectors.shape == (tok.get_vocab_size(), 8)
     assert not result.vectors[0].any()  # padding stays zero
@@ -75,8 +77,8 @@ def test_bad_settings_get_a_clear_error(texts: list[str], cfg: EmbeddingConfig, 
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(UserError, match="smoothing"):
         EmbeddingConfig(smoothing=0.0)
-    with pytest.raises(UserError, match="unknown"):
-        EmbeddingConfig.from_dict({"dims": 3})
+    with pytest.raises(UserError, match="unknown key 'embeddings.dims'"):
+        validate(EmbeddingConfig, {"dims": 3}, "embeddings", "embeddings")
 
 
 def test_stage_writes_vectors_and_metrics(tokenized_project: Path) -> None:
@@ -86,9 +88,11 @@ def test_stage_writes_vectors_and_metrics(tokenized_project: Path) -> None:
     assert '"texts": 352' in metrics  # 192 train + 160 unlabelled: never val or test
 
 
-def test_missing_inputs_say_which_stage_to_run(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="dvc repro tokenize"):
-        run_embeddings(EmbeddingConfig(), tmp_path, tmp_path / "tok.json", tmp_path / "v.npy",
-                       tmp_path / "m.json")
+def test_missing_inputs_say_which_stage_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="dvc repro download"):
+        stage.corpus()
     with pytest.raises(UserError, match="dvc repro embeddings"):
-        load_vectors(tmp_path / "vectors.npy")
+        common.word_vectors()

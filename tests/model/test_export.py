@@ -1,15 +1,20 @@
 """ONNX export: onnxruntime against torch at many shapes, symbolic axes, metadata, the gate."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from sentiment_rnn import export as ex
+from sentiment_rnn.core.model import ModelConfig, SentimentRNN
 from sentiment_rnn.errors import UserError
-from sentiment_rnn.model import ModelConfig, SentimentRNN
+from sentiment_rnn.export import parity
+from sentiment_rnn.export.graph import CPU_ONLY, export_model
+from sentiment_rnn.export.onnx import symbolic_dims, to_onnx
+from sentiment_rnn.serving.contract import ServingMeta
+from sentiment_rnn.serving.session import create_session
 
 VOCAB = 40
 MAX_LENGTH = 24
@@ -38,31 +43,40 @@ def tiny_model(cfg: ModelConfig, seed: int = 0) -> SentimentRNN:
     return SentimentRNN(cfg).eval()
 
 
-def serving_info(arch: str) -> ex.ServingInfo:
-    return ex.ServingInfo(
-        arch=arch, tokenizer_sha256="ab" * 32, max_length=MAX_LENGTH, truncation_side="right",
-        pad_id=0, mlflow_run_id="0123abcd", best_val_acc=0.875,
-    )  # fmt: skip
+def serving_meta(arch: str) -> ServingMeta:
+    return ServingMeta(
+        arch=arch,
+        tokenizer_sha256="ab" * 32,
+        max_length=MAX_LENGTH,
+        truncation_side="right",
+        pad_id=0,
+        mlflow_run_id="0123abcd",
+        best_val_acc=0.875,
+    )
 
 
-def batch_of(rng: np.random.Generator, batch: int, steps: int) -> ex.ParityBatch:
-    return ex.random_batch(rng, batch, steps, VOCAB, pad_id=0)
+def batch_of(rng: np.random.Generator, batch: int, steps: int) -> parity.OnnxFeed:
+    return parity.random_batch(rng, batch, steps, VOCAB, pad_id=0)
+
+
+def cpu_session(proto: onnx.ModelProto):
+    return create_session(proto.SerializeToString(), CPU_ONLY)
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def exported(request: pytest.FixtureRequest) -> tuple[SentimentRNN, onnx.ModelProto]:
     model = tiny_model(CONFIGS[request.param])
-    return model, ex.to_onnx(model, opset=17)
+    return model, to_onnx(model, serving_meta(model.cfg.arch), opset=17)
 
 
 def test_onnxruntime_matches_torch_at_every_shape(exported) -> None:
     model, proto = exported
-    session = ex.ort_session(proto.SerializeToString())
+    session = cpu_session(proto)
     rng = np.random.default_rng(1)
     for batch, steps in SHAPES:
         feed = batch_of(rng, batch, steps)
         prob, logit = session.run(["probability", "logit"], feed.feed())
-        t_prob, t_logit = ex.torch_outputs(model, feed)
+        t_prob, t_logit = parity.torch_outputs(model, feed)
         assert prob.shape == (batch,) and prob.dtype == np.float32 and logit.dtype == np.float32
         np.testing.assert_allclose(prob, t_prob, atol=1e-5, err_msg=f"shape {(batch, steps)}")
         np.testing.assert_allclose(logit, t_logit, atol=1e-4, err_msg=f"shape {(batch, steps)}")
@@ -71,7 +85,7 @@ def test_onnxruntime_matches_torch_at_every_shape(exported) -> None:
 
 def test_a_review_scores_the_same_alone_and_padded_in_a_batch(exported) -> None:
     _, proto = exported
-    session = ex.ort_session(proto.SerializeToString())
+    session = cpu_session(proto)
     feed = batch_of(np.random.default_rng(2), 8, 12)
     together = session.run(["probability"], feed.feed())[0]
     for i in range(8):
@@ -83,7 +97,7 @@ def test_a_review_scores_the_same_alone_and_padded_in_a_batch(exported) -> None:
 
 def test_graph_inputs_and_outputs_have_symbolic_dims(exported) -> None:
     _, proto = exported
-    assert ex.symbolic_dims(proto) == {"token_ids": ["batch", "time"], "lengths": ["batch"]}
+    assert symbolic_dims(proto) == {"token_ids": ["batch", "time"], "lengths": ["batch"]}
     inputs = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
     assert inputs == {"token_ids": onnx.TensorProto.INT64, "lengths": onnx.TensorProto.INT64}
     outputs = {o.name: o for o in proto.graph.output}
@@ -99,19 +113,20 @@ def test_export_model_adds_metadata_and_passes_checker_and_gate() -> None:
     rng = np.random.default_rng(3)
     test_ids = rng.integers(2, VOCAB, (50, MAX_LENGTH))
     test_lengths = rng.integers(1, MAX_LENGTH + 1, 50)
-    proto, session, report = ex.export_model(
-        model, serving_info("gru"), 17, 1e-4, test_ids, test_lengths
-    )
+    served = export_model(model, serving_meta("gru"), 17, 1e-4, test_ids, test_lengths)
+    proto, session, report = served.proto, served.session, served.parity
     onnx.checker.check_model(proto, full_check=True)
     props = {p.key: p.value for p in proto.metadata_props}
-    assert set(ex.SERVING_KEYS) <= set(props)
+    assert ServingMeta.from_props(props, "graph") == replace(
+        serving_meta("gru"), serving_graph="folded-scan"
+    )
     assert json.loads(props["label_names"]) == ["negative", "positive"]
     assert props["max_length"] == str(MAX_LENGTH) and props["pad_id"] == "0"
     assert float(props["best_val_acc"]) == 0.875 and props["arch"] == "gru"
     assert session.get_providers()[0] == "CPUExecutionProvider"
     assert report.max_abs_diff <= 1e-4 and report.class_mismatches == 0
     assert [1, 1] in report.shapes and [64, MAX_LENGTH] in report.shapes
-    assert report.rows == 2 * sum(b for b, _ in ex.PARITY_SHAPES)  # test rows + random rows
+    assert report.rows == 2 * sum(b for b, _ in parity.PARITY_SHAPES)  # test rows + random rows
     assert props["serving_graph"] == "folded-scan"  # the faster graph, through the same gate
 
 
@@ -121,41 +136,41 @@ def test_export_model_serves_the_exported_graph_when_not_folded(name: str, fold:
     model = tiny_model(CONFIGS[name])
     rng = np.random.default_rng(4)
     ids, lengths = rng.integers(2, VOCAB, (20, MAX_LENGTH)), rng.integers(1, MAX_LENGTH + 1, 20)
-    proto, _, report = ex.export_model(
-        model, serving_info(model.cfg.arch), 17, 1e-4, ids, lengths, fold=fold
-    )
-    assert "serving_graph" not in {p.key for p in proto.metadata_props}
+    served = export_model(model, serving_meta(model.cfg.arch), 17, 1e-4, ids, lengths, fold=fold)
+    proto, report = served.proto, served.parity
+    assert {p.key: p.value for p in proto.metadata_props}["serving_graph"] == "exported"
     assert {n.op_type for n in proto.graph.node} & {"LSTM", "GRU"}
     assert report.max_abs_diff <= 1e-4
 
 
 def test_parity_gate_fails_against_a_model_with_other_weights() -> None:
     model = tiny_model(CONFIGS["lstm"])
-    proto = ex.to_onnx(model)
-    session = ex.ort_session(proto.SerializeToString())
+    proto = to_onnx(model, serving_meta("lstm"))
+    session = cpu_session(proto)
     perturbed = tiny_model(CONFIGS["lstm"])
     with torch.no_grad():
         perturbed.head.bias += 0.5  # shifts every logit: probabilities move well past 1e-4
-    batches = ex.parity_batches(None, None, MAX_LENGTH, VOCAB)
-    ex.assert_parity(ex.compare_outputs(session, model, batches), 1e-4)  # the true pair passes
-    report = ex.compare_outputs(session, perturbed, batches)
+    batches = parity.parity_batches(None, None, MAX_LENGTH, VOCAB)
+    # the true pair passes
+    parity.assert_parity(parity.compare_outputs(session, model, batches), 1e-4)
+    report = parity.compare_outputs(session, perturbed, batches)
     assert report.max_abs_diff > 1e-4
     with pytest.raises(UserError, match="disagrees with torch"):
-        ex.assert_parity(report, 1e-4)
+        parity.assert_parity(report, 1e-4)
 
 
 def test_parity_gate_fails_on_a_single_flipped_class() -> None:
-    report = ex.ParityReport(max_abs_diff=1e-6, class_mismatches=1, rows=10)
+    report = parity.ParityReport(max_abs_diff=1e-6, class_mismatches=1, rows=10)
     with pytest.raises(UserError, match="1 of 10 predicted classes differ"):
-        ex.assert_parity(report, 1e-4)
+        parity.assert_parity(report, 1e-4)
 
 
 def test_parity_report_never_hides_nan_or_a_wrong_shape() -> None:
-    report = ex.ParityReport()
+    report = parity.ParityReport()
     torch_out = (np.array([0.5, 0.5], np.float32), np.array([0.0, 0.0], np.float32))
     report.update(torch_out, [np.array([0.5, np.nan], np.float32), np.zeros(2, np.float32)])
     assert report.max_abs_diff == float("inf")
-    shaped = ex.ParityReport()
+    shaped = parity.ParityReport()
     shaped.update(torch_out, [np.full((2, 1), 0.5, np.float32), np.zeros((2, 1), np.float32)])
     assert shaped.max_abs_diff == float("inf")
 
@@ -164,7 +179,7 @@ def test_parity_batches_cover_the_shapes_with_valid_lengths() -> None:
     rng = np.random.default_rng(0)
     ids = rng.integers(2, VOCAB, (30, MAX_LENGTH)).astype(np.int32)
     lengths = rng.integers(1, MAX_LENGTH + 1, 30)
-    batches = ex.parity_batches(ids, lengths, MAX_LENGTH, VOCAB, seed=0)
+    batches = parity.parity_batches(ids, lengths, MAX_LENGTH, VOCAB, seed=0)
     assert {b.source for b in batches} == {"test", "random"}
     shapes = {b.token_ids.shape for b in batches}
     assert (1, 1) in shapes and (64, MAX_LENGTH) in shapes

@@ -6,16 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sentiment_rnn.cells import ElmanCell, GRUCell, LSTMCell
-from sentiment_rnn.errors import UserError
-from sentiment_rnn.model import (
+from sentiment_rnn.core.cells import ElmanCell, GRUCell, LSTMCell
+from sentiment_rnn.core.model import (
     ModelConfig,
     SentimentRNN,
+    TrainedModelInfo,
     load_model,
     predict_proba,
     reverse_within_length,
     save_model,
 )
+from sentiment_rnn.errors import UserError
 
 VOCAB = 40
 
@@ -110,13 +111,14 @@ def test_reference_cells_train_the_same_model(arch: str) -> None:
 
 def test_save_load_round_trip(tmp_path) -> None:
     model = _model(arch="gru", num_layers=2)
-    save_model(model, tmp_path / "m.pt", {"best_val_acc": 0.5})
-    loaded, extra = load_model(tmp_path / "m.pt")
+    info = TrainedModelInfo(0.5, 1, "raw", "ab" * 32, "run-id")
+    save_model(model, tmp_path / "m.pt", info)
+    loaded, loaded_info = load_model(tmp_path / "m.pt")
     ids, lengths = _padded([[3, 4, 5], [6]])
     torch.testing.assert_close(
         predict_proba(loaded, ids, lengths), predict_proba(model, ids, lengths)
     )
-    assert extra == {"best_val_acc": 0.5} and loaded.cfg == model.cfg
+    assert loaded_info == info and loaded.cfg == model.cfg
 
 
 @pytest.mark.parametrize("bad", [{"arch": "transformer"}, {"pooling": "sum"}, {"dropout": 1.5}])

@@ -1,26 +1,29 @@
 """Model tier: training learns, is deterministic, resumes exactly after a kill, stops on NaN."""
 
 import json
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from sentiment_rnn.data import TokenDataset
-from sentiment_rnn.errors import UserError
-from sentiment_rnn.model import ModelConfig, SentimentRNN
-from sentiment_rnn.tokenize import load_encoded
-from sentiment_rnn.train import (
+from sentiment_rnn.core.data import TokenDataset
+from sentiment_rnn.core.model import ModelConfig, SentimentRNN, load_model, set_forget_gate_bias
+from sentiment_rnn.core.tokenizer import load_encoded
+from sentiment_rnn.core.training import (
     TrainConfig,
     TrainingDiverged,
+    evaluate_loss_acc,
     fit,
-    run_train,
-    set_forget_gate_bias,
+    make_optimizer,
 )
-from tests.conftest import working_dir
+from sentiment_rnn.errors import UserError
+from sentiment_rnn.params import validate
+from sentiment_rnn.stages import train as train_stage
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=0.01, patience=5, seed=0, device="cpu")
 
@@ -84,8 +87,6 @@ def test_resume_after_kill_matches_uninterrupted_run(
 def test_weight_average_competes_without_changing_the_raw_run(tokenized_project: Path) -> None:
     """With ema_decay, the raw weights follow exactly the run without it; the weight average is
     scored beside them each epoch, and the kept model is the best of both on validation."""
-    from sentiment_rnn.train import evaluate_loss_acc
-
     train, val = _data(tokenized_project)
     plain = fit(_model(), train, val, CFG)
     model = _model()
@@ -110,7 +111,7 @@ def test_weight_average_competes_without_changing_the_raw_run(tokenized_project:
 @pytest.mark.parametrize("decay", [-0.1, 1.0])
 def test_ema_decay_out_of_range_is_refused(decay: float) -> None:
     with pytest.raises(UserError, match="ema_decay must be in"):
-        TrainConfig.from_dict({"ema_decay": decay})
+        TrainConfig(ema_decay=decay)
 
 
 @pytest.mark.parametrize("cell", ["fused", "reference"])
@@ -175,22 +176,29 @@ def test_nan_loss_stops_with_a_clear_error(tokenized_project: Path) -> None:
 
 
 def test_unknown_train_option() -> None:
-    with pytest.raises(UserError, match="unknown train option"):
-        TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
+    section = asdict(CFG) | {"learning_rate": 0.1}
+    with pytest.raises(UserError, match="unknown key 'train.lstm.learning_rate'"):
+        validate(TrainConfig, section, "train.lstm", "train@lstm")
+
+
+def _stage_project(tokenized_project: Path, tmp_path: Path, arch: str, **changes: object) -> dict:
+    """A writable copy of the tiny project as the working directory; its params with
+    `train.<arch>` changed."""
+    project = tmp_path / "p"
+    shutil.copytree(tokenized_project, project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"][arch] |= changes
+    return params
 
 
 def test_stage_logs_one_run_to_mlflow(
-    tokenized_project: Path, tmp_path: Path, mlflow_store: str
+    tokenized_project: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    params = _stage_project(tokenized_project, tmp_path, "rnn", epochs=1)
     project = tmp_path / "p"
-    import shutil
-
-    shutil.copytree(tokenized_project, project)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    section = params["train"]["rnn"] | {"epochs": 1}
-    with working_dir(project):
-        run_train("rnn", section, "tiny")
-    run_id = json.loads((project / "models/rnn/mlflow_run.json").read_text())["run_id"]
+    monkeypatch.chdir(project)
+    train_stage.run("rnn", params)
+    run_id = load_model(project / "models/rnn/model.pt")[1].mlflow_run_id
     mlflow.set_tracking_uri(mlflow_store)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -216,34 +224,24 @@ def test_stage_starts_from_the_pretrained_word_vectors(
 ) -> None:
     """With `pretrained_embeddings`, the embedding layer starts as the embeddings stage's
     vectors: with its lr scale at 0 it ends there too, while the rest of the model trains."""
-    import shutil
-
-    import numpy as np
-
-    from sentiment_rnn.model import load_model
-
+    params = _stage_project(tokenized_project, tmp_path, "lstm", epochs=1, embedding_lr_scale=0.0)
     project = tmp_path / "p"
-    shutil.copytree(tokenized_project, project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    section = params["train"]["lstm"] | {"epochs": 1, "embedding_lr_scale": 0.0}
-    with working_dir(project):
-        run_train("lstm", section, "tiny")
-        model, _ = load_model(project / "models/lstm/model.pt")
+    monkeypatch.chdir(project)
+    train_stage.run("lstm", params)
+    model, _ = load_model(project / "models/lstm/model.pt")
     vectors = np.load(project / "data/embeddings/vectors.npy")
     np.testing.assert_allclose(model.embedding.weight.detach().numpy(), vectors, atol=1e-6)
 
 
 def test_embedding_lr_scale_sets_the_embedding_group() -> None:
-    from sentiment_rnn.train import make_optimizer
-
     model = _model("lstm")
     optimizer, _ = make_optimizer(model, TrainConfig(lr=0.01, embedding_lr_scale=0.1), 10)
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     assert groups[id(model.embedding.weight)]["initial_lr"] == pytest.approx(0.001)
     assert groups[id(model.head.weight)]["initial_lr"] == pytest.approx(0.01)
     with pytest.raises(UserError, match="embedding_lr_scale"):
-        TrainConfig.from_dict({"embedding_lr_scale": -1})
+        TrainConfig(embedding_lr_scale=-1)
 
 
 def test_vectors_of_the_wrong_shape_are_refused() -> None:

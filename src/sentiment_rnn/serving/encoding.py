@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from sentiment_rnn.tokenize import PAD_ID, UNK_ID
+from sentiment_rnn.core.tokenizer import PAD_ID, UNK_ID
 
 OK = "ok"
 MISSING = "error: missing text"
@@ -60,8 +60,9 @@ def _cut(text: str, chars: int, side: str) -> str:
     return text[:chars] if side == "right" else text[-chars:]
 
 
-def _exact_from_cut(enc_ids: list[int], offsets: list[tuple[int, int]], cut_len: int,
-                    max_length: int, side: str) -> list[int] | None:
+def _exact_from_cut(
+    enc_ids: list[int], offsets: list[tuple[int, int]], cut_len: int, max_length: int, side: str
+) -> list[int] | None:
     """The kept tokens if the cut text provably yields them (and more), else None."""
     if side == "right":
         limit = cut_len - CUT_MARGIN
@@ -71,8 +72,14 @@ def _exact_from_cut(enc_ids: list[int], offsets: list[tuple[int, int]], cut_len:
     return safe[-max_length:] if len(safe) > max_length else None
 
 
-def _encode_slice(tok: Tokenizer, texts: list[str], max_length: int, side: str,
-                  ids: list[np.ndarray], truncated: list[bool]) -> None:
+def _encode_slice(
+    tok: Tokenizer,
+    texts: list[str],
+    max_length: int,
+    side: str,
+    ids: list[np.ndarray],
+    truncated: list[bool],
+) -> None:
     """Encode `texts`, appending each one's kept ids and truncation flag."""
     budget = CHARS_PER_TOKEN * max_length + CUT_MARGIN
     is_cut = [len(t) > budget for t in texts]
@@ -90,12 +97,14 @@ def _encode_slice(tok: Tokenizer, texts: list[str], max_length: int, side: str,
             enc = tok.encode(text, add_special_tokens=False)  # too few tokens in the cut
         row = enc.ids or [UNK_ID]
         truncated.append(len(row) > max_length)
-        ids.append(np.asarray(row[:max_length] if side == "right" else row[-max_length:],
-                              dtype=np.int32))
+        ids.append(
+            np.asarray(row[:max_length] if side == "right" else row[-max_length:], dtype=np.int32)
+        )
 
 
-def encode_texts(tok: Tokenizer, texts: list[str], max_length: int,
-                 side: str = "right") -> EncodedTexts:
+def encode_texts(
+    tok: Tokenizer, texts: list[str], max_length: int, side: str = "right"
+) -> EncodedTexts:
     """Tokenise valid texts like `tokenize.encode`: no special tokens, empty -> [UNK], truncated."""
     ids: list[np.ndarray] = []
     truncated: list[bool] = []

@@ -4,29 +4,40 @@ Readers yield bounded chunks, so memory does not grow with the file: pyarrow's
 `ParquetFile.iter_batches`, pandas' `read_csv(chunksize=...)`, and plain line iteration for
 JSON Lines and text. Bytes that are not UTF-8 are decoded with `surrogateescape`: the row
 survives, and the lone surrogates they become (which valid UTF-8 can never produce) mark it
-`error: invalid utf-8` downstream. Writers append one table per chunk to a single open file.
+`error: invalid utf-8` downstream. Writers append one table per chunk to a single open file,
+with one output row per input row (`output_schema`, `chunk_table`).
 """
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from sentiment_rnn.errors import UserError
-from sentiment_rnn.serving.encoding import INVALID_UTF8, MALFORMED_JSON
+from sentiment_rnn.serving.encoding import INVALID_UTF8, MALFORMED_JSON, OK
+
+if TYPE_CHECKING:  # batching reads chunks from here: a runtime import would be circular
+    from sentiment_rnn.serving.batching import ScoredChunk
 
 INPUT_FORMATS = ("csv", "jsonl", "parquet", "text")
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
 EXTENSIONS = {
-    ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet",
-    ".txt": "text", ".text": "text",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "text",
+    ".text": "text",
 }
 _BOM = b"\xef\xbb\xbf"
 
@@ -75,8 +86,9 @@ def _require_rows(path: Path, rows: int) -> None:
         raise UserError(f"{path} has no rows to score (empty, or a header only)")
 
 
-def read_chunks(path: Path, fmt: str, text_column: str, id_column: str | None,
-                chunk_rows: int) -> Iterator[Chunk]:
+def read_chunks(
+    path: Path, fmt: str, text_column: str, id_column: str | None, chunk_rows: int
+) -> Iterator[Chunk]:
     """Stream `path` as chunks of at most `chunk_rows` rows; raises UserError on a bad file."""
     if not path.is_file():
         raise UserError(f"input file {path} not found")
@@ -88,13 +100,19 @@ def read_chunks(path: Path, fmt: str, text_column: str, id_column: str | None,
     return readers[fmt](path, text_column, id_column, chunk_rows)
 
 
-def _csv_chunks(path: Path, text_column: str, id_column: str | None,
-                chunk_rows: int) -> Iterator[Chunk]:
+def _csv_chunks(
+    path: Path, text_column: str, id_column: str | None, chunk_rows: int
+) -> Iterator[Chunk]:
     # Everything as Python str (object dtype: arrow strings reject the escaped bytes), and no
     # NA parsing, so a review reading "NA" stays a review; an empty field is an empty text.
-    options: dict[str, Any] = dict(dtype=object, keep_default_na=False, na_filter=False,
-                                   index_col=False, encoding="utf-8-sig",
-                                   encoding_errors="surrogateescape")
+    options: dict[str, Any] = dict(
+        dtype=object,
+        keep_default_na=False,
+        na_filter=False,
+        index_col=False,
+        encoding="utf-8-sig",
+        encoding_errors="surrogateescape",
+    )
     try:
         header = pd.read_csv(path, nrows=0, **options).columns.tolist()
     except pd.errors.EmptyDataError:
@@ -125,12 +143,13 @@ def _parquet_texts(column: pa.Array) -> list[Any]:
     return column.to_pylist()  # strings, or other types that the scorer flags as not text
 
 
-def _parquet_chunks(path: Path, text_column: str, id_column: str | None,
-                    chunk_rows: int) -> Iterator[Chunk]:
+def _parquet_chunks(
+    path: Path, text_column: str, id_column: str | None, chunk_rows: int
+) -> Iterator[Chunk]:
     try:
         # No pre-buffering: the buffers it caches for one row group after another were kept,
-        # and pyarrow's allocation grew with the rows read (53 MB over 55,000 reviews of 1.4 KB
-        # in tests/code/test_predict_io.py); without it, flat.
+        # and pyarrow's allocation grew with the rows read; without it, flat
+        # (tests/code/test_predict_io.py reproduces it).
         parquet = pq.ParquetFile(path, pre_buffer=False)
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{path} is not a readable Parquet file ({exc})") from None
@@ -153,7 +172,7 @@ def _lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
         for number, line in enumerate(handle):
             line = line.rstrip(b"\r\n")
-            yield line[len(_BOM):] if number == 0 and line.startswith(_BOM) else line
+            yield line[len(_BOM) :] if number == 0 and line.startswith(_BOM) else line
 
 
 def _text_chunks(path: Path, chunk_rows: int) -> Iterator[Chunk]:
@@ -179,8 +198,9 @@ def _parse_json_line(line: bytes) -> tuple[dict[str, Any], str | None]:
     return (record, None) if isinstance(record, dict) else ({}, MALFORMED_JSON)
 
 
-def _jsonl_chunks(path: Path, text_column: str, id_column: str | None,
-                  chunk_rows: int) -> Iterator[Chunk]:
+def _jsonl_chunks(
+    path: Path, text_column: str, id_column: str | None, chunk_rows: int
+) -> Iterator[Chunk]:
     """JSON Lines: one object per line; blank lines carry nothing and are not rows."""
     records = (_parse_json_line(line) for line in _lines(path) if line.strip())
     first = 0
@@ -194,8 +214,9 @@ def _jsonl_chunks(path: Path, text_column: str, id_column: str | None,
     _require_rows(path, first)
 
 
-def _check_json_keys(path: Path, text_column: str,
-                     batch: list[tuple[dict[str, Any], str | None]]) -> None:
+def _check_json_keys(
+    path: Path, text_column: str, batch: list[tuple[dict[str, Any], str | None]]
+) -> None:
     """A text key absent from every parsed record of the first chunk means a wrong --text-column."""
     keys = sorted({key for record, _ in batch for key in record})
     if keys and text_column not in keys:
@@ -245,3 +266,62 @@ class ArrowWriter:
 
 def open_writer(path: Path, fmt: str, schema: pa.Schema) -> TableWriter:
     return JsonLinesWriter(path) if fmt == "jsonl" else ArrowWriter(path, fmt, schema)
+
+
+def row_total(path: Path, fmt: str) -> int | None:
+    """Rows in the file when known without reading it (Parquet metadata), for a progress bar."""
+    if fmt != "parquet":
+        return None
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except (pa.ArrowInvalid, OSError):
+        return None  # the reader reports it
+
+
+def check_output_path(output: Path, input_path: Path) -> None:
+    """Fail before any work on an output that cannot or must not be written."""
+    if not output.parent.is_dir():
+        raise UserError(f"output folder {output.parent} does not exist: create it first")
+    if output.resolve() == input_path.resolve():
+        raise UserError(f"output {output} would overwrite the input: choose another name")
+    if output.is_dir():
+        raise UserError(f"output {output} is a folder: give a file name")
+
+
+def readable_by_others(path: Path) -> None:
+    """mkstemp creates 0600 files: give the result the permissions a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def output_schema(ids_from_column: bool) -> pa.Schema:
+    """Ids taken from a column are strings; row numbers are int64."""
+    return pa.schema(
+        [
+            ("id", pa.string() if ids_from_column else pa.int64()),
+            ("label", pa.string()),
+            ("probability", pa.float32()),
+            ("truncated", pa.bool_()),
+            ("status", pa.string()),
+        ]
+    )
+
+
+def chunk_table(
+    chunk: Chunk, scored: "ScoredChunk", labels: tuple[str, str], schema: pa.Schema
+) -> pa.Table:
+    """The output rows of one chunk; error rows have null label, probability and truncated."""
+    failed = np.array([s != OK for s in scored.status], dtype=bool)
+    ids = chunk.ids if chunk.ids is not None else np.arange(len(chunk)) + chunk.first_row
+    # logit > 0, as the training accuracy counts it (sigmoid(0) = 0.5 is negative)
+    label = np.where(scored.probability > 0.5, labels[1], labels[0]).astype(object)
+    label[failed] = None
+    columns = [
+        pa.array(ids, schema.field("id").type),
+        pa.array(label, pa.string()),
+        pa.array(scored.probability, pa.float32(), mask=failed),
+        pa.array(scored.truncated, pa.bool_(), mask=failed),
+        pa.array(scored.status, pa.string()),
+    ]
+    return pa.table(columns, schema=schema)

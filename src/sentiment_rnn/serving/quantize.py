@@ -13,6 +13,8 @@ from pathlib import Path
 
 import onnx
 
+from sentiment_rnn.serving.contract import metadata_props
+
 log = logging.getLogger(__name__)
 
 QUANTIZATION_KEY = "quantization"
@@ -23,13 +25,14 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     """Write an int8 dynamically quantized copy of `src` to `dst`, metadata included."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    props = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    props = metadata_props(onnx.load(str(src), load_external_data=False))
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
         raw = Path(tmp) / "int8.onnx"
         quantize_dynamic(str(src), str(raw), weight_type=QuantType.QInt8)
         proto = onnx.load(str(raw))
     onnx.helper.set_model_props(proto, props | {QUANTIZATION_KEY: INT8_DYNAMIC})
     onnx.save(proto, str(dst))
-    log.info("quantized %s -> %s (%d -> %d bytes)", src, dst, src.stat().st_size,
-             dst.stat().st_size)
+    log.info(
+        "quantized %s -> %s (%d -> %d bytes)", src, dst, src.stat().st_size, dst.stat().st_size
+    )
     return dst
