@@ -35,6 +35,7 @@ class TrainConfig:
     # keys params.yaml may leave out (the rest it must set)
     OPTIONAL: ClassVar[tuple[str, ...]] = (
         "embedding_lr_scale", "ema_decay", "forget_gate_bias", "bf16", "max_steps_per_epoch",
+        "lm_init", "discriminative_lr", "gradual_unfreezing", "schedule",
     )  # fmt: skip
 
     epochs: int = 6
