@@ -71,8 +71,20 @@ def evaluate(arch: ArchArg, params: ParamsOpt = Path("params.yaml")) -> None:
 
 @app.command()
 def export(arch: ArchArg, params: ParamsOpt = Path("params.yaml")) -> None:
-    """Export a trained model to ONNX, gate it on parity with torch, register it in MLflow."""
+    """Export a trained model to ONNX and gate it on parity with torch (`promote` registers it)."""
     _stage("export", params, arch)
+
+
+@app.command("lm-corpus")
+def lm_corpus(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Tokenise the language models' corpus: train + unlabelled reviews, validation held out."""
+    _stage("lm_corpus", params)
+
+
+@app.command()
+def lm(arch: ArchArg, params: ParamsOpt = Path("params.yaml")) -> None:
+    """Train one family's bidirectional language model; log it to MLflow."""
+    _stage("lm", params, arch)
 
 
 @app.command()
