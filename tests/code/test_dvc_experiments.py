@@ -65,7 +65,26 @@ def test_an_experiment_in_the_workspace_logs_to_the_project_store(project: Path)
     assert len(runs) == before + 1
     assert any(r.data.params.get("train.lr") == "0.001" for r in runs)
     shown = json.loads(sh(project, str(BIN / "dvc"), "exp", "show", "--json"))
-    assert "train.gru.lr" in json.dumps(shown) and "eval-gru.json" in json.dumps(shown)
+    rows = [r for r in shown_rows(shown) if gru_lr(r) == 0.001]
+    assert rows, "dvc exp show lists no row with train.gru.lr=0.001"
+    assert any("reports/metrics/eval-gru.json" in (r.get("metrics") or {}) for r in rows)
+
+
+def shown_rows(node: object) -> Iterator[dict]:
+    """Every row (`data` with params and metrics) of `dvc exp show --json`, at any depth."""
+    if isinstance(node, dict):
+        if "params" in node and "metrics" in node:
+            yield node
+        for value in node.values():
+            yield from shown_rows(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from shown_rows(value)
+
+
+def gru_lr(row: dict) -> float | None:
+    params = (row.get("params") or {}).get("params.yaml", {}).get("data", {})
+    return params.get("train", {}).get("gru", {}).get("lr")
 
 
 def test_queued_experiments_run_in_temporary_copies_and_log_to_the_project_store(

@@ -7,11 +7,14 @@ error when the CUDA provider cannot load, so a provider asked for by name that d
 refused, and a fallback in auto mode is logged.
 """
 
+import ctypes
+import io
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import onnxruntime as ort
@@ -110,6 +113,28 @@ def quiet_onnxruntime() -> Iterator[None]:
         ort.set_default_logger_severity(2)
 
 
+@cache
+def preload_cuda_libraries() -> bool:
+    """Load the CUDA 13 and cuDNN 9 libraries of the nvidia-* wheels before a CUDA session.
+
+    onnxruntime-gpu does not search those wheels by itself, so without this its CUDA provider
+    falls back to the CPU even on a GPU machine. Only tried where a GPU driver (libcuda) loads:
+    elsewhere `preload_dlls` would print a failure per library. True when it ran.
+    """
+    if not hasattr(ort, "preload_dlls"):
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    said = io.StringIO()
+    with redirect_stdout(said), redirect_stderr(said):
+        ort.preload_dlls()
+    if said.getvalue().strip():
+        log.info("onnxruntime.preload_dlls: %s", said.getvalue().strip().splitlines()[0])
+    return True
+
+
 def create_session(model: Path | bytes, config: SessionConfig) -> ort.InferenceSession:
     """A session on the providers `config` asks for; says which one really runs.
 
@@ -120,6 +145,8 @@ def create_session(model: Path | bytes, config: SessionConfig) -> ort.InferenceS
     graph = model_bytes(model, config.rewrite_rnn)
     # In auto mode a CUDA provider that cannot load is expected: it is reported once, below.
     quiet = quiet_onnxruntime() if not strict and CUDA in names else nullcontext()
+    if CUDA in names:
+        preload_cuda_libraries()
     try:
         with quiet:
             session = ort.InferenceSession(graph, session_options(config), providers=names)
