@@ -105,8 +105,9 @@ def test_queued_experiments_run_in_temporary_copies_and_log_to_the_project_store
     runs = training_runs(project, "gru")
     assert any(r.data.params.get("train.lr") == "0.003" for r in runs)
     assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # none left in the copies
-    shown = sh(project, str(BIN / "dvc"), "exp", "show", "--no-pager")
-    assert "lr-0-003" in shown
+    shown = json.loads(sh(project, str(BIN / "dvc"), "exp", "show", "--json"))
+    assert "lr-0-003" in json.dumps(shown)
+    assert any(gru_lr(r) == 0.003 for r in shown_rows(shown))
 
 
 def test_a_second_clone_pulls_the_results_from_the_remote_and_is_up_to_date(

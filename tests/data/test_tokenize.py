@@ -136,7 +136,7 @@ def test_stage_writes_arrays_meta_and_metrics(
     test = load_encoded(Path("data/tokens/test.npz"))
     assert test.ids.shape == (2, 8) and test.labels.tolist() == [0, 1]
     assert metrics["test"]["truncation_rate"] == 0.5
-    assert metrics["reviews_per_second"] > 0 and len(metrics["tokenizer_sha256"]) == 64
+    assert len(metrics["tokenizer_sha256"]) == 64
     for key in ("vocab_size", "train", "val", "test"):
         assert key in metrics
     meta = TokensMeta.from_dict(read_json("data/tokens/meta.json"))
