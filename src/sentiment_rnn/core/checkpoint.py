@@ -45,12 +45,18 @@ def save_checkpoint(path: Path, state: TrainState) -> None:
         torch.save(dict(vars(state)), tmp)  # shallow: asdict would deep-copy every tensor
 
 
-def load_checkpoint(path: Path | None, key: str) -> TrainState | None:
-    """The state saved at `path` if it belongs to the job `key`, else None."""
+def load_fingerprinted(path: Path | None, key: str) -> dict[str, Any] | None:
+    """What was saved at `path` if it belongs to the job `key`, else None."""
     if path is None or not path.is_file():
         return None
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved.get("fingerprint") != key:
         log.info("checkpoint %s belongs to another configuration: starting afresh", path)
         return None
-    return TrainState(**saved)
+    return saved
+
+
+def load_checkpoint(path: Path | None, key: str) -> TrainState | None:
+    """The state saved at `path` if it belongs to the job `key`, else None."""
+    saved = load_fingerprinted(path, key)
+    return None if saved is None else TrainState(**saved)

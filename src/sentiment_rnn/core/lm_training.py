@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sentiment_rnn.core.checkpoint import fingerprint
+from sentiment_rnn.core.checkpoint import fingerprint, load_fingerprinted
 from sentiment_rnn.core.device import autocast, resolve_device
 from sentiment_rnn.core.lm import BiLM, State, detach
 from sentiment_rnn.core.lm_data import chunks, epoch_rows, join, n_chunks, rows_of
@@ -167,16 +167,6 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def _load(path: Path | None, key: str) -> dict[str, Any] | None:
-    if path is None or not path.is_file():
-        return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("fingerprint") != key:
-        log.info("checkpoint %s belongs to another configuration: starting afresh", path)
-        return None
-    return saved
-
-
 def fit_lm(
     model: BiLM,
     train_docs: list[np.ndarray],
@@ -204,7 +194,7 @@ def fit_lm(
     optimizer, schedule = optimizer_for(model, cfg, cfg.epochs * per_epoch)
     key = fingerprint(asdict(model.cfg), asdict(cfg), job_key)
     result, position = LMFitResult(), Position()
-    saved = _load(checkpoint, key)
+    saved = load_fingerprinted(checkpoint, key)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
