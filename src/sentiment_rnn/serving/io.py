@@ -87,13 +87,26 @@ def _require_rows(path: Path, rows: int) -> None:
 
 
 def read_chunks(
-    path: Path, fmt: str, text_column: str, id_column: str | None, chunk_rows: int
+    path: Path,
+    fmt: str,
+    text_column: str,
+    id_column: str | None,
+    chunk_rows: int,
+    row_groups: tuple[int, ...] | None = None,
 ) -> Iterator[Chunk]:
-    """Stream `path` as chunks of at most `chunk_rows` rows; raises UserError on a bad file."""
+    """Stream `path` as chunks of at most `chunk_rows` rows; raises UserError on a bad file.
+
+    `row_groups` (Parquet only): read just that contiguous range of row groups, one shard of a
+    large file; row numbers stay those of the whole file.
+    """
     if not path.is_file():
         raise UserError(f"input file {path} not found")
     if path.stat().st_size == 0:
         raise UserError(f"input file {path} is empty")
+    if row_groups is not None:
+        if fmt != "parquet":
+            raise UserError(f"{path}: row groups can only be read from a Parquet file")
+        return _parquet_chunks(path, text_column, id_column, chunk_rows, row_groups)
     readers = {"csv": _csv_chunks, "parquet": _parquet_chunks, "jsonl": _jsonl_chunks}
     if fmt == "text":
         return _text_chunks(path, chunk_rows)
@@ -144,7 +157,11 @@ def _parquet_texts(column: pa.Array) -> list[Any]:
 
 
 def _parquet_chunks(
-    path: Path, text_column: str, id_column: str | None, chunk_rows: int
+    path: Path,
+    text_column: str,
+    id_column: str | None,
+    chunk_rows: int,
+    row_groups: tuple[int, ...] | None = None,
 ) -> Iterator[Chunk]:
     try:
         # No pre-buffering: the buffers it caches for one row group after another were kept,
@@ -157,11 +174,20 @@ def _parquet_chunks(
     for name, what in ((text_column, "text"), (id_column, "id")):
         if name is not None and name not in names:
             raise _missing_column(path, what, name, names)
-    _require_rows(path, parquet.metadata.num_rows)
-    columns = list(dict.fromkeys([text_column] + ([id_column] if id_column else [])))
+    sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
     first = 0
+    if row_groups is not None:
+        start = row_groups[0] if row_groups else -1
+        if list(row_groups) != list(range(start, start + len(row_groups))) or not (
+            0 <= start and start + len(row_groups) <= len(sizes)
+        ):
+            raise UserError(f"{path}: row groups {row_groups} are not a range of {len(sizes)}")
+        first = sum(sizes[:start])
+    _require_rows(path, sum(sizes[i] for i in row_groups) if row_groups else sum(sizes))
+    columns = list(dict.fromkeys([text_column] + ([id_column] if id_column else [])))
     with parquet:
-        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
+        batches = parquet.iter_batches(chunk_rows, row_groups=row_groups, columns=columns)
+        for batch in batches:
             ids = [_clean_id(v) for v in batch.column(id_column).to_pylist()] if id_column else None
             yield Chunk(first, _parquet_texts(batch.column(text_column)), ids)
             first += batch.num_rows

@@ -65,6 +65,7 @@ class PredictOptions:
     progress: bool = True
     prefetch: bool = True
     release_memory: bool = False
+    row_groups: tuple[int, ...] | None = None  # Parquet: one contiguous range (a shard)
 
 
 @dataclass
@@ -158,7 +159,12 @@ def predict_file(
         writer = open_writer(tmp, out_fmt, schema)
         try:
             chunks = read_chunks(
-                input_path, in_fmt, options.text_column, id_column, options.chunk_rows
+                input_path,
+                in_fmt,
+                options.text_column,
+                id_column,
+                options.chunk_rows,
+                options.row_groups,
             )
             for prepared in prepared_chunks(model, chunks, options.prefetch):
                 chunk = prepared.chunk
