@@ -142,6 +142,20 @@ def download_registered(uri: str, dst: Path) -> tuple[Path, Path | None]:
     return onnx_file, tokenizer
 
 
+def resolve_version(uri: str) -> str:
+    """`models:/<name>@<alias>` as the fixed `models:/<name>/<version>` it points at now.
+
+    A run that scores many shards resolves the alias once, so a `champion` moved meanwhile
+    does not give it two models; a version URI is returned as it is, once checked to exist.
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        version = _model_version(mlflow.MlflowClient(), uri)
+    except MlflowException as exc:
+        raise UserError(f"cannot resolve {uri} in {tracking_uri()}: {exc.message}") from None
+    return f"{REGISTRY_SCHEME}{version.name}/{version.version}"
+
+
 def _model_version(client: Any, uri: str) -> Any:
     """The registry entry for `models:/<name>@<alias>` or `models:/<name>/<version>`."""
     ref = uri.removeprefix(REGISTRY_SCHEME)
