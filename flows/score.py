@@ -188,7 +188,7 @@ def row_group_digest(path: Path, row_groups: tuple[int, ...]) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         meta = pq.ParquetFile(handle).metadata
-        digest.update(str(meta.schema).encode())
+        digest.update(meta.schema.to_arrow_schema().serialize().to_pybytes())
         for index in row_groups:
             group = meta.row_group(index)
             digest.update(f"{index}:{group.num_rows}".encode())

@@ -4,6 +4,7 @@ The flow runs need a Prefect API: one temporary server for the whole session, sh
 any other flow tests that already started one (harnesses must not nest).
 """
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,23 +50,54 @@ def inbox(root: Path) -> Path:
     return folder
 
 
-def test_new_files_skips_scored_ones(tmp_path: Path, model_file: Path) -> None:
+def test_shards_are_scored_by_content_not_by_time(tmp_path: Path, model_file: Path) -> None:
     src, out = inbox(tmp_path), tmp_path / "out"
     out.mkdir()
-    pending = score_flow.new_files(src, out, "parquet", str(model_file))
-    assert [(i.name, o.name) for i, o in pending] == [
-        ("a.csv", "a.predictions.parquet"),
-        ("b.txt", "b.predictions.parquet"),
+    shards = score_flow.plan_shards(str(src), out)
+    assert [(s.name, s.output(out, "parquet").name) for s in shards] == [
+        ("a", "a.predictions.parquet"),
+        ("b", "b.predictions.parquet"),
     ]
-    (out / "a.predictions.parquet").write_text("scored")
-    pending = score_flow.new_files(src, out, "parquet", str(model_file))
-    assert [i.name for i, _ in pending] == ["b.txt"]
+    model = score_flow.identify_model(str(model_file))
+    options = {"text_column": "text", "id_column": None, "output_format": "parquet"}
+    a = shards[0]
+    digest = score_flow.input_digest(a)
+    record = score_flow.score_shard.fn(a, out, digest, model, options)
+    assert record["rows_in"] == record["rows_out"] == record["ok"] == 12
+    assert score_flow.is_scored(a, out, digest, model, options) == record
     later = (out / "a.predictions.parquet").stat().st_mtime + 10
-    os.utime(src / "a.csv", (later, later))  # the input changed after it was scored
-    assert len(score_flow.new_files(src, out, "parquet", str(model_file))) == 2
-    assert len(score_flow.new_files(src, out, "parquet", str(model_file), force=True)) == 2
+    os.utime(src / "a.csv", (later, later))  # touched, not changed: still scored
+    assert score_flow.is_scored(a, out, score_flow.input_digest(a), model, options)
+    with (src / "a.csv").open("a") as handle:
+        handle.write("one more review,1\n")  # changed: scored no more
+    assert not score_flow.is_scored(a, out, score_flow.input_digest(a), model, options)
+    assert not score_flow.is_scored(a, out, digest, model, options | {"text_column": "review"})
+    other = score_flow.ModelIdentity(model.ref, None, "0" * 64, model.tokenizer_sha256)
+    assert not score_flow.is_scored(a, out, digest, other, options)
+    (out / "a.predictions.parquet").write_bytes(b"replaced")  # not the output recorded
+    assert not score_flow.is_scored(a, out, digest, model, options)
     with pytest.raises(UserError, match="must differ"):
-        score_flow.new_files(src, src, "parquet", str(model_file))
+        score_flow.plan_shards(str(src), src)
+
+
+def test_a_glob_and_row_group_digests(tmp_path: Path) -> None:
+    src = inbox(tmp_path)
+    shards = score_flow.plan_shards(str(src / "*.csv"), tmp_path / "out")
+    assert [s.name for s in shards] == ["a"]
+    big = tmp_path / "big.parquet"
+    synthetic_reviews(30, seed=2).to_parquet(big, row_group_size=10)
+    parts = score_flow.plan_shards(str(big), tmp_path / "out", row_groups_per_shard=2)
+    assert [(s.name, s.row_groups) for s in parts] == [
+        ("big.rg00000-00001", (0, 1)),
+        ("big.rg00002-00002", (2,)),
+    ]
+    first = [score_flow.input_digest(s) for s in parts]
+    synthetic_reviews(30, seed=2).to_parquet(big, row_group_size=10)  # the same content again
+    assert [score_flow.input_digest(s) for s in parts] == first
+    assert first[0] != first[1]
+    (src / "a.txt").write_text("same stem as a.csv\n")
+    with pytest.raises(UserError, match="share an output name"):
+        score_flow.plan_shards(str(src), tmp_path / "out")
 
 
 def test_only_io_errors_are_retried() -> None:
@@ -79,15 +111,6 @@ def test_only_io_errors_are_retried() -> None:
     assert not score_flow.retry_on_io(None, None, Completed(data=1))  # type: ignore[arg-type]
 
 
-def test_score_file_task_logic(tmp_path: Path, model_file: Path) -> None:
-    src = inbox(tmp_path)
-    summary = score_flow.score_file.fn(
-        str(model_file), src / "a.csv", tmp_path / "a.jsonl", {"output_format": "jsonl"}
-    )
-    assert summary["rows"] == summary["ok"] == 12
-    assert len(pd.read_json(tmp_path / "a.jsonl", lines=True)) == 12
-
-
 def test_flow_scores_new_files_then_skips_them(
     tmp_path: Path, model_file: Path, prefect_api: None
 ) -> None:
@@ -95,10 +118,17 @@ def test_flow_scores_new_files_then_skips_them(
     first = score_flow.score_folder(str(src), str(out), str(model_file))
     assert sorted(s["input"] for s in first) == [str(src / "a.csv"), str(src / "b.txt")]
     assert sorted(p.name for p in out.iterdir()) == [
+        "_records",
         "a.predictions.parquet",
         "b.predictions.parquet",
+        "manifest.json",
     ]
     assert score_flow.score_folder(str(src), str(out), str(model_file)) == []  # nothing new
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(e["shard"], e["status"]) for e in manifest["shards"]] == [
+        ("a", "skipped"),
+        ("b", "skipped"),
+    ]
 
     (src / "c.jsonl").write_text('{"text": "a wonderful film"}\n{"text": ""}\n')
     (src / "empty.csv").write_text("")  # a bad file: reported, and the others still scored

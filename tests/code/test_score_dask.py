@@ -21,7 +21,7 @@ from tests.code.test_predict_flow import prefect_api  # noqa: F401 (a fixture)
 from tests.conftest import synthetic_reviews
 from tests.model.predict_helpers import CPU_ONE_THREAD, make_model, make_tokenizer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def scored_names(out: Path) -> list[str]:
 
 
 def test_sharded_outputs_equal_predict_file_and_each_worker_loads_once(
-    tmp_path: Path, models: tuple[Path, Path], cluster: str, prefect_api: None
+    tmp_path: Path, models: tuple[Path, Path], cluster: str
 ) -> None:
     src, out = inbox(tmp_path), tmp_path / "out"
     state = run(src, out, models[0], cluster)
@@ -106,7 +106,7 @@ def test_sharded_outputs_equal_predict_file_and_each_worker_loads_once(
 
 
 def test_rerun_after_a_kill_scores_only_the_unfinished_shard(
-    tmp_path: Path, models: tuple[Path, Path], cluster: str, prefect_api: None
+    tmp_path: Path, models: tuple[Path, Path], cluster: str
 ) -> None:
     src, out = inbox(tmp_path), tmp_path / "out"
     assert run(src, out, models[0], cluster).is_completed()
@@ -129,7 +129,7 @@ def test_rerun_after_a_kill_scores_only_the_unfinished_shard(
 
 
 def test_a_changed_input_rescores_it_and_a_changed_model_all(
-    tmp_path: Path, models: tuple[Path, Path], cluster: str, prefect_api: None
+    tmp_path: Path, models: tuple[Path, Path], cluster: str
 ) -> None:
     src, out = inbox(tmp_path), tmp_path / "out"
     assert run(src, out, models[0], cluster).is_completed()
@@ -146,7 +146,7 @@ def test_a_changed_input_rescores_it_and_a_changed_model_all(
 
 
 def test_a_bad_shard_is_named_and_the_others_finish(
-    tmp_path: Path, models: tuple[Path, Path], cluster: str, prefect_api: None
+    tmp_path: Path, models: tuple[Path, Path], cluster: str
 ) -> None:
     src, out = inbox(tmp_path), tmp_path / "out"
     pd.DataFrame({"review": ["no text column here"]}).to_csv(src / "bad.csv", index=False)
@@ -165,7 +165,7 @@ def test_a_bad_shard_is_named_and_the_others_finish(
 
 
 def test_one_parquet_file_is_split_by_row_groups(
-    tmp_path: Path, models: tuple[Path, Path], cluster: str, prefect_api: None
+    tmp_path: Path, models: tuple[Path, Path], cluster: str
 ) -> None:
     reviews = synthetic_reviews(100, seed=4)
     table = pa.table({"id": [f"r{i}" for i in range(100)], "text": reviews["text"].tolist()})
