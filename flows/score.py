@@ -47,6 +47,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import MissingContextError
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -508,6 +511,31 @@ def dask_runner(workers: int | None = None, address: str | None = None) -> TaskR
     return DaskTaskRunner(cluster_kwargs=local)
 
 
+@contextmanager
+def api_for_workers() -> Iterator[None]:
+    """One Prefect API for this process and its Dask workers.
+
+    Without PREFECT_API_URL each process starts its own temporary server: every worker would
+    start one (seconds each) into the same SQLite file (`database is locked`). This starts the
+    temporary server here, once, and names it to the workers (through the environment, which
+    the workers of a local cluster inherit, and the settings sent with each task). Workers on
+    other machines cannot reach it: give them a real server (`prefect server start`).
+    """
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the singleton this process's client would start
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 def deployment(cron: str = DEFAULT_CRON, **parameters: Any) -> RunnerDeployment:
     """A scheduled deployment of the flow, for `prefect.serve(...)` alongside others."""
     return score_folder.to_deployment(
@@ -540,8 +568,11 @@ def main(argv: list[str] | None = None) -> None:
     scoring = score_folder if runner is None else score_folder.with_options(task_runner=runner)
     if cron:
         scoring.serve(name="score-folder", cron=cron, parameters=args)
-    else:
+    elif runner is None:
         scoring(**args)
+    else:
+        with api_for_workers():
+            scoring(**args)
 
 
 if __name__ == "__main__":
