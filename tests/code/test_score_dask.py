@@ -187,3 +187,34 @@ def test_one_parquet_file_is_split_by_row_groups(
     pq.write_table(pa.concat_tables([table.slice(0, 60), swapped]), big, row_group_size=20)
     assert run(big, out, models[0], cluster, row_groups_per_shard=2).is_completed()
     assert scored_names(out) == ["big.rg00002-00003"]  # row group 3 changed, 4 did not
+
+
+def test_a_registry_alias_is_resolved_once_and_a_moved_alias_rescores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process (the default runner): the registry part is the same on any runner."""
+    from sentiment_rnn.tracking import registry, runs
+    from tests.code.mlflow_helpers import NAME, URI, tiny_registry
+
+    resolved: list[str] = []
+    resolve = registry.resolve_version
+    monkeypatch.setattr(
+        registry, "resolve_version", lambda uri: resolved.append(uri) or resolve(uri)
+    )
+    with tiny_registry(tmp_path) as tiny:
+        src, out = inbox(tmp_path), tmp_path / "out"
+        records = score_flow.score_folder(str(src), str(out), URI, id_column="id")
+        assert resolved == [URI]  # once for the run, not once per shard
+        assert {r["model"] for r in records} == {f"models:/{NAME}/{tiny.version}"}
+        assert len(records) == 4
+        # A new version takes the alias: every shard is rescored with it.
+        onnx_file, _ = make_model(tmp_path / "v2", tiny.tokenizer, "gru", 12, name="gru", seed=5)
+        with runs.start_run("text-model", "gru v2", {"arch": "gru"}):
+            runs.log_metrics({"best_val_acc": 0.9})
+            version = registry.log_text_model(
+                onnx_file, tmp_path / "v2/gru.tokenizer.json", NAME, {"arch": "gru", "v": "2"}
+            )
+        assert registry.update_champion(NAME) == version != tiny.version
+        again = score_flow.score_folder(str(src), str(out), URI, id_column="id")
+        assert {r["model"] for r in again} == {f"models:/{NAME}/{version}"}
+        assert scored_names(out) == [f"shard{n}" for n in range(4)]
