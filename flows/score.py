@@ -46,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +63,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import MissingContextError
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -370,11 +372,19 @@ def score_shard(
     model: ModelIdentity,
     options: dict[str, Any],
     threads: int = 0,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Score one shard with `predict_file`, then record it; returns the record."""
+    """Score one shard with `predict_file`, then record it; returns the record.
+
+    Dask runs a task again when the worker holding its result dies: a shard this run
+    (`run_id`) has already scored and recorded is returned as it is, not scored twice.
+    """
     start = time.perf_counter()
     output = shard.output(output_dir, options["output_format"])
     record_file = shard.record(output_dir)
+    done = is_scored(shard, output_dir, digest, model, options)
+    if run_id is not None and done is not None and done.get("flow_run") == run_id:
+        return done
     record_file.parent.mkdir(parents=True, exist_ok=True)
     remove_temporaries(output)  # of an attempt killed before, in this run or an earlier one
     scoring_model, loads = cached_model(model, SessionConfig(threads=threads))
@@ -400,6 +410,7 @@ def score_shard(
         "seconds": round(time.perf_counter() - start, 3),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "model_loads": loads,
+        "flow_run": run_id,
         "status": "scored",
     }
     write_json(record_file, record)  # after the output: an output without it is not scored
@@ -447,6 +458,7 @@ def score_folder(
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = identify_model(model, tokenizer)  # once per run: every task gets this version
+    run_id = str(flow_run.id or uuid.uuid4())
     options = {"text_column": text_column, "id_column": id_column,
                "batch_size": batch_size, "output_format": output_format}  # fmt: skip
     entries: dict[str, dict[str, Any]] = {}
@@ -463,7 +475,7 @@ def score_folder(
         if record is not None:
             entries[shard.name] = record | {"status": "skipped"}
             continue
-        future = score_shard.submit(shard, out_dir, digest, identity, options, threads)
+        future = score_shard.submit(shard, out_dir, digest, identity, options, threads, run_id)
         submitted.append((shard, digest, future))
     logger.info("%d shard(s) to score in %s, %d already scored", len(submitted), input_dir,
                 len(entries) - len(failed))  # fmt: skip
@@ -479,7 +491,7 @@ def score_folder(
     for shard in shards:  # every attempt has ended: what a killed one left goes
         remove_temporaries(shard.output(out_dir, output_format))
         remove_temporaries(shard.record(out_dir))
-    run = {"input": input_dir, "model": model, "model_version": identity.ref,
+    run = {"flow_run": run_id, "input": input_dir, "model": model, "model_version": identity.ref,
            "model_digest": identity.digest, "started": started,
            "seconds": round(time.time() - started, 3)}  # fmt: skip
     write_manifest(out_dir, run, list(entries.values()))

@@ -80,6 +80,25 @@ def test_shards_are_scored_by_content_not_by_time(tmp_path: Path, model_file: Pa
         score_flow.plan_shards(str(src), src)
 
 
+def test_a_task_run_again_in_the_same_run_does_not_score_twice(
+    tmp_path: Path, model_file: Path
+) -> None:
+    """Dask reruns a task whose result died with its worker: the shard is not scored again."""
+    src, out = inbox(tmp_path), tmp_path / "out"
+    out.mkdir()
+    shard = score_flow.plan_shards(str(src), out)[0]
+    model = score_flow.identify_model(str(model_file))
+    options = {"text_column": "text", "id_column": None, "output_format": "parquet"}
+    digest = score_flow.input_digest(shard)
+    first = score_flow.score_shard.fn(shard, out, digest, model, options, run_id="run-1")
+    output = shard.output(out, "parquet")
+    inode = output.stat().st_ino  # an atomic rewrite gives the name another inode
+    assert score_flow.score_shard.fn(shard, out, digest, model, options, run_id="run-1") == first
+    assert output.stat().st_ino == inode  # not written again
+    again = score_flow.score_shard.fn(shard, out, digest, model, options, run_id="run-2")
+    assert again["flow_run"] == "run-2" and output.stat().st_ino != inode  # another run: force
+
+
 def test_a_glob_and_row_group_digests(tmp_path: Path) -> None:
     src = inbox(tmp_path)
     shards = score_flow.plan_shards(str(src / "*.csv"), tmp_path / "out")
