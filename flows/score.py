@@ -33,7 +33,9 @@ elsewhere, then move), so a half-copied file is never read.
 
 Dask workers import this module (`flows.score`): a local cluster's workers inherit this
 process's path; the workers of an existing cluster must run with the project root on their
-PYTHONPATH and see the input, output and model paths at the same places.
+PYTHONPATH, see the input, output and model paths at the same places, and reach a Prefect
+server (PREFECT_API_URL); with `--workers` and no server set, one temporary server serves the
+flow and its workers (`api_for_workers`).
 """
 
 import argparse
