@@ -179,7 +179,7 @@ def _parquet_chunks(
     if row_groups is not None:
         start = row_groups[0] if row_groups else -1
         if list(row_groups) != list(range(start, start + len(row_groups))) or not (
-            0 <= start and start + len(row_groups) <= len(sizes)
+            start >= 0 and start + len(row_groups) <= len(sizes)
         ):
             raise UserError(f"{path}: row groups {row_groups} are not a range of {len(sizes)}")
         first = sum(sizes[:start])
