@@ -191,7 +191,10 @@ def predict(
     text_column: Annotated[str, typer.Option(help="Column (or JSON key) of the review.")] = "text",
     id_column: Annotated[
         str | None,
-        typer.Option(help="Column copied to the output `id`; default: the 0-based row number."),
+        typer.Option(
+            help="Column copied to the output `id`; default: the input's `id` column when "
+            "it has one, else the 0-based row number."
+        ),
     ] = None,
     input_format: Annotated[
         str | None, typer.Option(help="csv, jsonl, parquet or text; default: from the extension.")

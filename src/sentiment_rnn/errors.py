@@ -15,5 +15,7 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Bytes that were not UTF-8 (escaped as lone surrogates) shown as \udcxx, not a crash.
+        message = f"error: {exc}".encode("utf-8", "backslashreplace").decode("utf-8")
+        print(" ".join(message.splitlines()), file=sys.stderr)
         sys.exit(2)

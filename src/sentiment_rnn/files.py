@@ -1,9 +1,13 @@
 """Small file helpers: atomic writes, JSON, digests."""
 
+import glob
 import hashlib
 import io
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -13,12 +17,55 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
+
+def _owner_tag() -> str:
+    """`<host>-<pid>`: which process on which machine a temporary file belongs to."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporaries of `path` left by killed processes of this machine; returns them.
+
+    Only files named by `atomic_path` for this host whose process is gone: a concurrent writer's
+    temporary, or one of another machine sharing the folder, is left alone.
+    """
+    host = _owner_tag().rsplit("-", 1)[0]
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(host)}-(\d+)\..+\.tmp$")
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match and not _is_running(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+            log.info("removed %s, left by a killed run", candidate)
+            removed.append(candidate)
+    return removed
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+
+    The temporary is named `.<name>.<host>-<pid>.<random>.tmp`, so that the next write of the
+    same path removes what a killed process left (`remove_stale_temporaries`).
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp"
+    )
     os.close(fd)
     try:
         yield Path(tmp)

@@ -36,3 +36,19 @@ def test_help(name: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage:"), done.stdout
+
+
+def test_generation_figures_count_what_they_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    generation = importlib.import_module("generation")
+    from sentiment_rnn.generate import Sample
+
+    def sample(text: str) -> Sample:
+        return Sample(0, 0, "positive", "", text, len(text.split()), True)
+
+    looping = [sample("a b c d a b c d")]  # 5 4-grams, one seen before: (a b c d)
+    assert generation.repeated_4grams(looping) == 1 / 5
+    assert generation.distinct_bigrams(looping) == 4 / 7  # ab bc cd da ab bc cd
+    varied = [sample("great film"), sample("Great film"), sample("awful plot")]
+    assert generation.distinct_bigrams(varied) == 2 / 3  # lower-cased words
+    assert generation.repeated_4grams(varied) == 0.0

@@ -111,7 +111,14 @@ def test_every_output_format_round_trips(
     score(model, src, tmp_path / "ref.parquet", id_column="review_id")
     score(model, src, tmp_path / f"out.{fmt}", id_column="review_id")
     got, want = read_output(tmp_path / f"out.{fmt}"), read_output(tmp_path / "ref.parquet")
-    assert list(got.columns) == ["id", "label", "probability", "truncated", "status"]
+    assert list(got.columns) == [
+        "id",
+        "label",
+        "probability",
+        "truncated",
+        "unknown_fraction",
+        "status",
+    ]
     assert got["id"].tolist() == reviews["review_id"].tolist()
     assert got["status"].tolist() == want["status"].tolist()
     np.testing.assert_allclose(

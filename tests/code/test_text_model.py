@@ -23,7 +23,7 @@ from sentiment_rnn.tracking import registry, runs, text_model
 from tests.code.mlflow_helpers import URI, TinyRegistry, review_frame, tiny_registry
 from tests.model.predict_helpers import CPU_ONE_THREAD, make_tokenizer
 
-COLUMNS = ["label", "probability", "truncated", "status"]
+COLUMNS = ["label", "probability", "truncated", "unknown_fraction", "status"]
 ONE_THREAD = {"threads": 1, "providers": "cpu"}
 
 

@@ -93,7 +93,11 @@ def ppmi(counts: sparse.csr_matrix, smoothing: float) -> sparse.csr_matrix:
 
 
 def truncated_svd(matrix: sparse.csr_matrix, dim: int, power: float, seed: int) -> np.ndarray:
-    """Top `dim` left singular vectors scaled by singular values**power (randomised SVD)."""
+    """Top `dim` left singular vectors scaled by singular values**power (randomised SVD).
+
+    On one thread: a multi-threaded sparse product sums in an order that depends on the thread
+    count, which changed the vectors' last bits (and the stage's digest) between machines.
+    """
     coo = matrix.tocoo()
     tensor = torch.sparse_coo_tensor(
         np.vstack([coo.row, coo.col]),
@@ -101,9 +105,14 @@ def truncated_svd(matrix: sparse.csr_matrix, dim: int, power: float, seed: int) 
         coo.shape,
         check_invariants=False,
     ).coalesce()
-    torch.manual_seed(seed)
-    u, s, _ = torch.svd_lowrank(tensor, q=dim, niter=4)
-    return (u * s.pow(power)).numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        u, s, _ = torch.svd_lowrank(tensor, q=dim, niter=4)
+        return (u * s.pow(power)).numpy()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def word_id(tok: Tokenizer, word: str) -> int | None:

@@ -50,6 +50,7 @@ class ScoredChunk:
     status: list[str]
     probability: np.ndarray  # (N,) float32, NaN where status is not ok
     truncated: np.ndarray  # (N,) bool
+    unknown_fraction: np.ndarray  # (N,) float32, NaN where status is not ok
 
 
 def infer_sorted(model: ScoringModel, rows: list[np.ndarray], batch_size: int) -> np.ndarray:
@@ -80,11 +81,13 @@ def prepare_chunk(model: ScoringModel, chunk: Chunk) -> PreparedChunk:
 def infer_chunk(model: ScoringModel, prepared: PreparedChunk, batch_size: int) -> ScoredChunk:
     """Scores for the valid rows; NaN and no truncation flag for the others."""
     probability = np.full(len(prepared.chunk), np.nan, dtype=np.float32)
+    unknown = np.full(len(prepared.chunk), np.nan, dtype=np.float32)
     truncated = np.zeros(len(prepared.chunk), dtype=bool)
     if prepared.encoded is not None:
         probability[prepared.valid] = infer_sorted(model, prepared.encoded.ids, batch_size)
         truncated[prepared.valid] = prepared.encoded.truncated
-    return ScoredChunk(prepared.status, probability, truncated)
+        unknown[prepared.valid] = prepared.encoded.unknown_fraction
+    return ScoredChunk(prepared.status, probability, truncated, unknown)
 
 
 def prepared_chunks(

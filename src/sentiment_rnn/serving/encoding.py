@@ -52,6 +52,15 @@ class EncodedTexts:
     truncated: np.ndarray  # (N,) bool
 
     @property
+    def unknown_fraction(self) -> np.ndarray:
+        """(N,) float32: the share of each text's kept tokens that are the unknown token."""
+        return np.fromiter(
+            (np.count_nonzero(row == UNK_ID) / len(row) for row in self.ids),
+            dtype=np.float32,
+            count=len(self.ids),
+        )
+
+    @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(row) for row in self.ids), dtype=np.int64, count=len(self.ids))
 

@@ -8,6 +8,7 @@ survives, and the lone surrogates they become (which valid UTF-8 can never produ
 with one output row per input row (`output_schema`, `chunk_table`).
 """
 
+import csv
 import json
 import os
 from collections.abc import Iterator
@@ -86,6 +87,39 @@ def _require_rows(path: Path, rows: int) -> None:
         raise UserError(f"{path} has no rows to score (empty, or a header only)")
 
 
+DEFAULT_ID_COLUMN = "id"
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"input file {path} not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"input file {path} is empty")
+
+
+def input_columns(path: Path, fmt: str) -> list[str]:
+    """The column names (JSON Lines: the first record's keys) of an input; none for text."""
+    _check_file(path)
+    if fmt == "csv":
+        return _csv_header(path)
+    if fmt == "parquet":
+        with _open_parquet(path) as parquet:
+            return list(parquet.schema_arrow.names)
+    if fmt == "jsonl":
+        first = next((line for line in _lines(path) if line.strip()), b"")
+        record, _ = _parse_json_line(first)
+        return [str(key) for key in record]
+    return []
+
+
+def resolve_id_column(path: Path, fmt: str, requested: str | None) -> str | None:
+    """The column copied to the output ids: the one asked for, else `id` when the input has
+    one (a user's own ids survive without a flag), else none (row numbers)."""
+    if requested is not None or fmt == "text":
+        return requested if fmt != "text" else None
+    return DEFAULT_ID_COLUMN if DEFAULT_ID_COLUMN in input_columns(path, fmt) else None
+
+
 def read_chunks(
     path: Path,
     fmt: str,
@@ -99,10 +133,7 @@ def read_chunks(
     `row_groups` (Parquet only): read just that contiguous range of row groups, one shard of a
     large file; row numbers stay those of the whole file.
     """
-    if not path.is_file():
-        raise UserError(f"input file {path} not found")
-    if path.stat().st_size == 0:
-        raise UserError(f"input file {path} is empty")
+    _check_file(path)
     if row_groups is not None:
         if fmt != "parquet":
             raise UserError(f"{path}: row groups can only be read from a Parquet file")
@@ -113,23 +144,46 @@ def read_chunks(
     return readers[fmt](path, text_column, id_column, chunk_rows)
 
 
+# Everything as Python str (object dtype: arrow strings reject the escaped bytes), and no NA
+# parsing, so a review reading "NA" stays a review; an empty field is an empty text.
+_CSV_OPTIONS: dict[str, Any] = dict(
+    dtype=object,
+    keep_default_na=False,
+    na_filter=False,
+    index_col=False,
+    encoding="utf-8-sig",
+    encoding_errors="surrogateescape",
+)
+# What pandas raises on bytes it cannot parse as CSV (unterminated quote, a NUL, a bad field).
+_CSV_ERRORS = (pd.errors.ParserError, csv.Error, UnicodeError, ValueError)
+
+
+def _malformed_csv(path: Path, exc: Exception) -> UserError:
+    if isinstance(exc, UnicodeError):  # pandas cannot escape bytes in the header row
+        return UserError(
+            f"{path}: the header row is not UTF-8: save the file as UTF-8 (e.g. `iconv -f "
+            "latin1 -t utf-8`); in the other rows such bytes only flag their row"
+        )
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return UserError(
+        f"{path}: malformed CSV ({detail}); check quoting (every opening quote needs a closing "
+        "one) and that the file is comma-separated"
+    )
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0, **_CSV_OPTIONS).columns]
+    except pd.errors.EmptyDataError:
+        raise UserError(f"input file {path} is empty") from None
+    except _CSV_ERRORS as exc:
+        raise _malformed_csv(path, exc) from None
+
+
 def _csv_chunks(
     path: Path, text_column: str, id_column: str | None, chunk_rows: int
 ) -> Iterator[Chunk]:
-    # Everything as Python str (object dtype: arrow strings reject the escaped bytes), and no
-    # NA parsing, so a review reading "NA" stays a review; an empty field is an empty text.
-    options: dict[str, Any] = dict(
-        dtype=object,
-        keep_default_na=False,
-        na_filter=False,
-        index_col=False,
-        encoding="utf-8-sig",
-        encoding_errors="surrogateescape",
-    )
-    try:
-        header = pd.read_csv(path, nrows=0, **options).columns.tolist()
-    except pd.errors.EmptyDataError:
-        raise UserError(f"input file {path} is empty") from None
+    header = _csv_header(path)
     for name, what in ((text_column, "text"), (id_column, "id")):
         if name is not None and name not in header:
             raise _missing_column(path, what, name, header)
@@ -137,15 +191,15 @@ def _csv_chunks(
     try:
         # All columns are parsed (no usecols): only then does pandas reject a row with too
         # many fields, such as a review with an unquoted comma, instead of cutting it short.
-        with pd.read_csv(path, chunksize=chunk_rows, **options) as reader:
+        with pd.read_csv(path, chunksize=chunk_rows, **_CSV_OPTIONS) as reader:
             for frame in reader:
                 if frame.empty:  # a header-only file still yields one empty frame
                     continue
                 ids = [_clean_id(v) for v in frame[id_column]] if id_column else None
                 yield Chunk(first, frame[text_column].tolist(), ids)
                 first += len(frame)
-    except pd.errors.ParserError as exc:
-        raise UserError(f"{path}: malformed CSV ({exc})".replace("\n", " ")) from None
+    except _CSV_ERRORS as exc:
+        raise _malformed_csv(path, exc) from None
     _require_rows(path, first)
 
 
@@ -156,6 +210,16 @@ def _parquet_texts(column: pa.Array) -> list[Any]:
     return column.to_pylist()  # strings, or other types that the scorer flags as not text
 
 
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    try:
+        # No pre-buffering: the buffers it caches for one row group after another were kept,
+        # and pyarrow's allocation grew with the rows read; without it, flat
+        # (tests/code/test_predict_io.py reproduces it).
+        return pq.ParquetFile(path, pre_buffer=False)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{path} is not a readable Parquet file ({exc})") from None
+
+
 def _parquet_chunks(
     path: Path,
     text_column: str,
@@ -163,13 +227,7 @@ def _parquet_chunks(
     chunk_rows: int,
     row_groups: tuple[int, ...] | None = None,
 ) -> Iterator[Chunk]:
-    try:
-        # No pre-buffering: the buffers it caches for one row group after another were kept,
-        # and pyarrow's allocation grew with the rows read; without it, flat
-        # (tests/code/test_predict_io.py reproduces it).
-        parquet = pq.ParquetFile(path, pre_buffer=False)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{path} is not a readable Parquet file ({exc})") from None
+    parquet = _open_parquet(path)
     names = parquet.schema_arrow.names
     for name, what in ((text_column, "text"), (id_column, "id")):
         if name is not None and name not in names:
@@ -329,6 +387,7 @@ def output_schema(ids_from_column: bool) -> pa.Schema:
             ("label", pa.string()),
             ("probability", pa.float32()),
             ("truncated", pa.bool_()),
+            ("unknown_fraction", pa.float32()),
             ("status", pa.string()),
         ]
     )
@@ -337,7 +396,9 @@ def output_schema(ids_from_column: bool) -> pa.Schema:
 def chunk_table(
     chunk: Chunk, scored: "ScoredChunk", labels: tuple[str, str], schema: pa.Schema
 ) -> pa.Table:
-    """The output rows of one chunk; error rows have null label, probability and truncated."""
+    """The output rows of one chunk; error rows have null label, probability, truncated and
+    unknown_fraction (the share of kept tokens outside the vocabulary: near 1 for a review in
+    a script the tokenizer never saw, scored but not to be trusted)."""
     failed = np.array([s != OK for s in scored.status], dtype=bool)
     ids = chunk.ids if chunk.ids is not None else np.arange(len(chunk)) + chunk.first_row
     # logit > 0, as the training accuracy counts it (sigmoid(0) = 0.5 is negative)
@@ -348,6 +409,7 @@ def chunk_table(
         pa.array(label, pa.string()),
         pa.array(scored.probability, pa.float32(), mask=failed),
         pa.array(scored.truncated, pa.bool_(), mask=failed),
+        pa.array(scored.unknown_fraction, pa.float32(), mask=failed),
         pa.array(scored.status, pa.string()),
     ]
     return pa.table(columns, schema=schema)

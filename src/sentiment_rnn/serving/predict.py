@@ -36,6 +36,7 @@ from sentiment_rnn.serving.io import (
     output_schema,
     read_chunks,
     readable_by_others,
+    resolve_id_column,
     row_total,
 )
 from sentiment_rnn.serving.memory import release_freed_memory, size_tokenizer_pool
@@ -45,13 +46,15 @@ from sentiment_rnn.serving.session import SessionConfig
 log = logging.getLogger(__name__)
 
 PROGRESS_LOG_SECONDS = 30.0  # a log line this often, for runs where no bar is seen (Prefect)
+MOSTLY_UNKNOWN = 0.5  # rows above this unknown-token share are counted in the summary
 
 
 @dataclass(frozen=True)
 class PredictOptions:
     """How a file is read, batched and written; the model and its session are chosen apart.
 
-    Formats default to the file extensions; ids to the 0-based row numbers. `prefetch` reads
+    Formats default to the file extensions; ids to the input's `id` column when it has one,
+    else the 0-based row numbers. `prefetch` reads
     and tokenises the next chunk in the background; `release_memory` shrinks onnxruntime's
     arena after each chunk (less held between chunks, the same peak, somewhat slower).
     """
@@ -79,6 +82,7 @@ class PredictSummary:
     ok: int = 0
     errors: int = 0
     truncated: int = 0
+    mostly_unknown: int = 0
     duplicate_ids: int = 0
     seconds: float = 0.0
     error_counts: dict[str, int] = field(default_factory=dict)
@@ -95,6 +99,11 @@ class PredictSummary:
             f"errors {self.errors}" + (f" ({errors})" if errors else ""),
             f"truncated {self.truncated}",
         ]
+        if self.mostly_unknown:
+            parts.append(
+                f"warning: {self.mostly_unknown} rows mostly unknown tokens "
+                f"(unknown_fraction > {MOSTLY_UNKNOWN})"
+            )
         if self.duplicate_ids:
             parts.append(f"warning: {self.duplicate_ids} duplicate ids (all rows kept)")
         parts.append(f"{self.provider}, {self.rows_per_second:,.0f} rows/s")
@@ -130,6 +139,7 @@ def _tally(summary: PredictSummary, scored: ScoredChunk) -> None:
     summary.errors = sum(summary.error_counts.values())
     summary.ok = summary.rows - summary.errors
     summary.truncated += int(scored.truncated.sum())
+    summary.mostly_unknown += int(np.count_nonzero(scored.unknown_fraction > MOSTLY_UNKNOWN))
 
 
 def predict_file(
@@ -141,7 +151,7 @@ def predict_file(
     if options.batch_size < 1 or options.chunk_rows < 1:
         raise UserError("--batch-size and --chunk-rows must be >= 1")
     check_output_path(output_path, input_path)
-    id_column = None if in_fmt == "text" else options.id_column
+    id_column = resolve_id_column(input_path, in_fmt, options.id_column)
     schema = output_schema(id_column is not None)
     summary = PredictSummary(str(input_path), str(output_path), model.provider)
     duplicates = DuplicateIds()

@@ -9,8 +9,9 @@ which hands the same predict pandas batches: not tested here, no Spark).
 Input: a DataFrame with a `text` column, or review texts alone (a list, a one-column frame);
 the signature is one unnamed string column, which is what lets a plain list through MLflow's
 schema check. Output: one row per input row, in order, as `sentiment-rnn predict` writes them
-without the id: `label`, `probability`, `truncated`, `status`; a row that cannot be scored has
-an `error: ...` status and no prediction, and never fails the others. (Before the model sees
+without the id: `label`, `probability`, `truncated`, `unknown_fraction`, `status`; a row that
+cannot be scored has an `error: ...` status and no prediction, and never fails the others.
+(Before the model sees
 a request, MLflow's own parsing refuses some as a whole: a text column of numbers only, or a
 string pandas cannot hold, such as a lone surrogate.) Columns hold Python objects, so a
 missing value is None (JSON null, not NaN). `model_config` (see `TextModelConfig`) picks the
