@@ -115,8 +115,10 @@ def input_columns(path: Path, fmt: str) -> list[str]:
 def resolve_id_column(path: Path, fmt: str, requested: str | None) -> str | None:
     """The column copied to the output ids: the one asked for, else `id` when the input has
     one (a user's own ids survive without a flag), else none (row numbers)."""
-    if requested is not None or fmt == "text":
-        return requested if fmt != "text" else None
+    if fmt == "text":
+        return None
+    if requested is not None:
+        return requested
     return DEFAULT_ID_COLUMN if DEFAULT_ID_COLUMN in input_columns(path, fmt) else None
 
 
