@@ -218,3 +218,26 @@ def test_a_registry_alias_is_resolved_once_and_a_moved_alias_rescores(
         again = score_flow.score_folder(str(src), str(out), URI, id_column="id")
         assert {r["model"] for r in again} == {f"models:/{NAME}/{version}"}
         assert scored_names(out) == [f"shard{n}" for n in range(4)]
+
+
+def test_the_command_line_scores_on_an_existing_cluster_by_its_address(
+    tmp_path: Path, models: tuple[Path, Path], cluster: str
+) -> None:
+    """`python flows/score.py --address ADDR`: the user's way onto a running cluster."""
+    src, out = inbox(tmp_path), tmp_path / "out"
+    score_flow.main(
+        ["--input-dir", str(src), "--output-dir", str(out), "--model", str(models[0]),
+         "--id-column", "id", "--address", cluster]
+    )  # fmt: skip
+    manifest = read_json(out / score_flow.MANIFEST)
+    assert manifest["counts"] == {"scored": 4}
+    assert {e["rows_in"] for e in manifest["shards"]} == {60}
+    workers = {record["worker"] for record in map(read_json, (out / "_records").glob("*.json"))}
+    assert len(workers) == 2  # the cluster's own workers scored them, not this process
+
+
+def test_workers_and_address_together_are_refused_in_one_line() -> None:
+    from sentiment_rnn.errors import UserError
+
+    with pytest.raises(UserError, match="--workers .* or --address"):
+        score_flow.dask_runner(workers=2, address="tcp://127.0.0.1:8786")
