@@ -124,6 +124,23 @@ def test_model_config_is_checked_and_reaches_the_session(tiny: TinyRegistry) -> 
         mlflow.pyfunc.load_model(URI, model_config={"max_rows": -1})
 
 
+def test_each_call_hands_the_arena_back_unless_told_not_to(
+    tiny: TinyRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A served model releases onnxruntime's arena after each request: flat memory."""
+    released: list[object] = []
+    monkeypatch.setattr(text_model, "release_freed_memory", released.append)
+    texts = review_frame(5, seed=4)[["text"]]
+    kept = mlflow.pyfunc.load_model(URI, model_config={**ONE_THREAD, "release_memory": False})
+    first = kept.predict(texts)
+    assert released == []
+    loaded = mlflow.pyfunc.load_model(URI, model_config=ONE_THREAD)
+    pd.testing.assert_frame_equal(loaded.predict(texts), first)
+    assert released == [loaded.unwrap_python_model().model]
+    with pytest.raises(MlflowException, match="release_memory must be true or false"):
+        mlflow.pyfunc.load_model(URI, model_config={"release_memory": "yes"})
+
+
 # A random tiny model may call every review negative: precision is then undefined.
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
 def test_evaluate_logs_classifier_metrics_to_the_run(tiny: TinyRegistry) -> None:

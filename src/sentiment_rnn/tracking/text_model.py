@@ -35,7 +35,7 @@ from mlflow.types.schema import ColSpec, DataType, Schema
 from sentiment_rnn.serving import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_ROWS
 from sentiment_rnn.serving.batching import ScoringModel, infer_chunk, prepare_chunk
 from sentiment_rnn.serving.io import Chunk, chunk_table, output_schema
-from sentiment_rnn.serving.memory import size_tokenizer_pool
+from sentiment_rnn.serving.memory import release_freed_memory, size_tokenizer_pool
 from sentiment_rnn.serving.model import load_onnx_model
 from sentiment_rnn.serving.session import SessionConfig
 
@@ -67,7 +67,9 @@ class TextModelConfig:
     served request may hold (0: no limit); a larger request is refused with a 400, since
     MLflow's server would time it out after scoring it anyway. In-process calls have no
     limit and are scored in bounded chunks. `providers`, `threads`: the onnxruntime session,
-    as `sentiment-rnn predict --providers/--threads` take them.
+    as `sentiment-rnn predict --providers/--threads` take them. `release_memory`: after each
+    call, hand onnxruntime's arena and the C heap's free pages back to the OS, so a server's
+    memory stays flat under load (as `sentiment-rnn predict --release-memory`; a few ms).
     """
 
     output: str = "table"
@@ -75,6 +77,7 @@ class TextModelConfig:
     providers: str = "auto"
     threads: int = 0
     batch_size: int = DEFAULT_BATCH_SIZE
+    release_memory: bool = True
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "TextModelConfig":
@@ -96,6 +99,10 @@ class TextModelConfig:
                 raise _invalid(f"model_config {name} must be an integer >= 0, not {value!r}")
         if cfg.batch_size < 1:
             raise _invalid("model_config batch_size must be >= 1")
+        if not isinstance(cfg.release_memory, bool):
+            raise _invalid(
+                f"model_config release_memory must be true or false, not {cfg.release_memory!r}"
+            )
         return cfg
 
     def session(self) -> SessionConfig:
@@ -224,4 +231,6 @@ class SentimentTextModel(PythonModel):
                 "`sentiment-rnn predict`"
             )
         frame = output_frame(score_texts(self.model, texts, self.config.batch_size))
+        if self.config.release_memory:
+            release_freed_memory(self.model)
         return frame["label"] if self.config.output == "label" else frame
