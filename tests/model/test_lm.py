@@ -339,18 +339,17 @@ def test_a_language_model_of_another_tokenizer_is_refused(lm_project: Path, tmp_
         run_generate(copy / "lm.pt", Request(prompt="a film", max_tokens=10))
 
 
-def test_a_classifier_starts_from_its_language_model(lm_project: Path, tmp_path: Path) -> None:
-    """Each direction of the classifier's first layer and its embedding start as the LM's;
-    after training they moved, and the model still exports within the parity gate."""
+def test_a_classifier_starts_from_its_language_model(
+    lm_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each direction of the classifier's first layer and its embedding start as the LM's."""
     from sentiment_rnn.core.model import ModelConfig, SentimentRNN
     from sentiment_rnn.stages.train import start_from_lm
 
     lm, info = load_lm(lm_project / "models/lm-lstm/lm.pt")
     cfg = ModelConfig(arch="lstm", vocab_size=lm.cfg.vocab_size, embed_dim=16, hidden_size=16)
     classifier = SentimentRNN(cfg)
-    import os
-
-    os.chdir(lm_project)
+    monkeypatch.chdir(lm_project)
     start_from_lm(classifier, "lstm", info["tokenizer_sha256"])
     torch.testing.assert_close(classifier.embedding.weight, lm.embedding.weight)
     for direction in (0, 1):
@@ -358,3 +357,49 @@ def test_a_classifier_starts_from_its_language_model(lm_project: Path, tmp_path:
             torch.testing.assert_close(classifier.layers[0][direction].state_dict()[name], value)
     with pytest.raises(UserError, match="another tokenizer"):
         start_from_lm(classifier, "lstm", "0" * 64)
+
+
+def test_the_train_stage_fine_tunes_from_the_lm_and_the_result_exports(
+    lm_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end on the tiny project: lm@lstm, then train@lstm with `lm_init` and the
+    fine-tuning recipe (slanted schedule, discriminative rates, gradual unfreezing), then
+    export@lstm: the weights moved from the LM's, and the ONNX graph passes the parity gate."""
+    from sentiment_rnn.stages import common, export, train
+
+    root = tmp_path / "p"
+    shutil.copytree(lm_project, root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["lstm"] |= {
+        "lm_init": True, "schedule": "slanted", "discriminative_lr": 2.6,
+        "gradual_unfreezing": True, "epochs": 3, "patience": 3,
+    }  # fmt: skip
+    from sentiment_rnn.core import training
+
+    trained: list[set[str]] = []  # the layer groups with gradients, per epoch
+
+    def freeze(model: torch.nn.Module, cfg: object, epoch: int) -> None:
+        freeze_for_epoch(model, cfg, epoch)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        trained.append({training.layer_group(n) for n in names})
+
+    freeze_for_epoch = training.freeze_for_epoch
+    monkeypatch.setattr(training, "freeze_for_epoch", freeze)
+    result = train.run("lstm", params)
+    assert trained == [{"head"}, {"head", "recurrent"}, {"head", "recurrent", "embedding"}]
+    assert [stats.epoch for stats in result.history] == [0, 1, 2]
+    lm, _ = load_lm(root / "models/lm-lstm/lm.pt")
+    tuned, _ = common.trained_model("lstm")
+    # gradual unfreezing: the recurrent layers train from epoch 1, the embedding from epoch 2,
+    # so the kept (best-epoch) weights moved from the LM's exactly when that epoch was reached
+    recurrent_moved = any(
+        not torch.equal(value, lm.directions[0].state_dict()[name])
+        for name, value in tuned.layers[0][0].state_dict().items()
+    )
+    assert recurrent_moved == (result.best_epoch >= 1)
+    embedding_moved = not torch.equal(tuned.embedding.weight, lm.embedding.weight)
+    assert embedding_moved == (result.best_epoch >= 2)
+    parity = export.run("lstm", params)["parity"]
+    assert parity["max_abs_diff"] <= parity["tolerance"]
