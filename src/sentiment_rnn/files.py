@@ -54,6 +54,13 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+def _permissions_of_open(path: Path) -> None:
+    """mkstemp creates 0600 files: give the result the permissions a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
@@ -69,6 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _permissions_of_open(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -10,7 +10,6 @@ with one output row per input row (`output_schema`, `chunk_table`).
 
 import csv
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -372,13 +371,6 @@ def check_output_path(output: Path, input_path: Path) -> None:
         raise UserError(f"output {output} would overwrite the input: choose another name")
     if output.is_dir():
         raise UserError(f"output {output} is a folder: give a file name")
-
-
-def readable_by_others(path: Path) -> None:
-    """mkstemp creates 0600 files: give the result the permissions a plain open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def output_schema(ids_from_column: bool) -> pa.Schema:

@@ -35,7 +35,6 @@ from sentiment_rnn.serving.io import (
     open_writer,
     output_schema,
     read_chunks,
-    readable_by_others,
     resolve_id_column,
     row_total,
 )
@@ -192,7 +191,6 @@ def predict_file(
                     log.info("scored %d rows, %.0f rows/s", summary.rows, rate)
         finally:
             writer.close()
-        readable_by_others(tmp)
     summary.duplicate_ids = duplicates.count()
     summary.seconds = time.perf_counter() - start
     return summary
