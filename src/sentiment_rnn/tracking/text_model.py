@@ -69,7 +69,9 @@ class TextModelConfig:
     limit and are scored in bounded chunks. `providers`, `threads`: the onnxruntime session,
     as `sentiment-rnn predict --providers/--threads` take them. `release_memory`: after each
     call, hand onnxruntime's arena and the C heap's free pages back to the OS, so a server's
-    memory stays flat under load (as `sentiment-rnn predict --release-memory`; a few ms).
+    memory stays flat under load (as `sentiment-rnn predict --release-memory`); the next call
+    then takes its memory from the OS again, which costs a served GRU about a quarter to a
+    third of its throughput (reports/benchmarks/serve_load*.md): false trades memory for speed.
     """
 
     output: str = "table"
