@@ -70,8 +70,8 @@ class TextModelConfig:
     as `sentiment-rnn predict --providers/--threads` take them. `release_memory`: after each
     call, hand onnxruntime's arena and the C heap's free pages back to the OS, so a server's
     memory stays flat under load (as `sentiment-rnn predict --release-memory`); the next call
-    then takes its memory from the OS again, which costs a served GRU about a quarter to a
-    third of its throughput (reports/benchmarks/serve_load*.md): false trades memory for speed.
+    then takes its memory from the OS again, which costs a served GRU a fifth to a half of
+    its throughput (reports/benchmarks/serve_load*.md): false trades memory for speed.
     """
 
     output: str = "table"
