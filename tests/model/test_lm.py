@@ -269,6 +269,24 @@ def test_lm_stage_writes_model_onnx_metrics_and_mlflow_run(lm_project: Path) -> 
     assert samples == {"samples/epoch-0.md", "samples/epoch-1.md"}
 
 
+def test_the_lm_stage_run_again_gives_the_same_weights(
+    lm_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage seeds the model's initialisation (torch seeds each process at random)."""
+    from sentiment_rnn.stages import lm
+
+    root = tmp_path / "again"
+    shutil.copytree(lm_project, root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.chdir(root)
+    torch.manual_seed(12345)  # whatever the process's generator holds must not matter
+    lm.run("lstm", yaml.safe_load((root / "params.yaml").read_text()))
+    first, _ = load_lm(lm_project / "models/lm-lstm/lm.pt")
+    again, _ = load_lm(root / "models/lm-lstm/lm.pt")
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_generate_command_writes_json_lines_with_the_same_text_per_seed(
     lm_project: Path, tmp_path: Path
 ) -> None:

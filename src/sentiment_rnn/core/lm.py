@@ -110,6 +110,17 @@ class BiLM(nn.Module):
         return self.output.log_prob(features.float())[:, self.rank_of]
 
 
+def build_lm(cfg: LMConfig, seed: int, vectors: np.ndarray | None = None) -> BiLM:
+    """A freshly initialised language model: seeded weights (torch seeds each process at
+    random), optionally pretrained word vectors in the embedding."""
+    torch.manual_seed(seed)
+    model = BiLM(cfg)
+    if vectors is not None:
+        with torch.no_grad():
+            model.embedding.weight.copy_(torch.from_numpy(vectors))
+    return model
+
+
 def initial_state(cfg: LMConfig, batch: int, device: torch.device | str = "cpu") -> State:
     zeros = torch.zeros(1, batch, cfg.hidden_size, device=device)
     return (zeros, zeros.clone()) if cfg.arch == "lstm" else zeros

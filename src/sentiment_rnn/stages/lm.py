@@ -14,11 +14,18 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from sentiment_rnn import paths, reports
 from sentiment_rnn.core.generate import Sampling, generate, prompt_ids
-from sentiment_rnn.core.lm import ARCHS, BiLM, LMConfig, TorchStepper, frequency_ranks, save_lm
+from sentiment_rnn.core.lm import (
+    ARCHS,
+    BiLM,
+    LMConfig,
+    TorchStepper,
+    build_lm,
+    frequency_ranks,
+    save_lm,
+)
 from sentiment_rnn.core.lm_data import LMCorpus
 from sentiment_rnn.core.lm_training import LMEpoch, LMFitResult, LMTrainConfig, fit_lm
 from sentiment_rnn.core.model import count_parameters
@@ -132,13 +139,9 @@ def train_lm(
         "cutoffs": tuple(model_params.cutoffs), "rank_of": frequency_ranks(counts)})  # fmt: skip
     train_docs = LMCorpus.load(paths.LM_CORPUS_DIR / "train.npz").docs()
     val_docs = LMCorpus.load(paths.LM_CORPUS_DIR / "val.npz").docs()
-    model = BiLM(lm_cfg)
-    vectors_sha = ""
-    if stage_params.pretrained_embeddings:
-        vectors = common.word_vectors()
-        with torch.no_grad():
-            model.embedding.weight.copy_(torch.from_numpy(vectors))
-        vectors_sha = hashlib.sha256(vectors.tobytes()).hexdigest()
+    vectors = common.word_vectors() if stage_params.pretrained_embeddings else None
+    model = build_lm(lm_cfg, cfg.seed, vectors)
+    vectors_sha = hashlib.sha256(vectors.tobytes()).hexdigest() if vectors is not None else ""
     out = paths.lm_dir(arch)
     out.mkdir(parents=True, exist_ok=True)
     tags = {"arch": arch, "dvc_stage": f"lm@{arch}", "model_kind": "language model"}
