@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=80)
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--guidance", type=float, default=Sampling.guidance,
+                        help="classifier-free guidance of the sentiment (0: off)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -92,7 +94,7 @@ def classify(classifier: Path, texts: list[str]) -> tuple[list[str], list[str]]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    sampling = Sampling(temperature=args.temperature, top_p=args.top_p)
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, guidance=args.guidance)
     samples: list[Sample] = []
     start = time.perf_counter()
     for offset, sentiment in enumerate(("positive", "negative")):
@@ -121,6 +123,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
+        "guidance": args.guidance,
         "seed": args.seed,
         "generation_seconds": round(seconds, 2),
         "tokens_per_second": round(sum(s.tokens for s in samples) / seconds, 1),
@@ -160,6 +163,7 @@ def markdown(result: dict[str, Any], command: str, machine: str) -> str:
             "",
             f"{result['samples']} samples of up to {result['max_tokens']} tokens from "
             f"`{result['lm']}` (temperature {result['temperature']}, top-p {result['top_p']}, "
+            f"guidance {result['guidance']}, "
             f"half asked positive, half negative), scored by `{result['classifier']}`; "
             f"{result['tokens_per_second']:,.0f} tokens/s, {result['ended_by_model']} ended "
             "by the model.",

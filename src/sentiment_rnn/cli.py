@@ -144,6 +144,13 @@ def generate(
             help="Nucleus: the likeliest tokens holding this much probability, in (0, 1]."
         ),
     ] = 0.95,
+    guidance: Annotated[
+        float | None,
+        typer.Option(
+            help="How hard to push toward --sentiment (classifier-free guidance, >= 0; 0: off)."
+            " Default: the value chosen on validation seeds (README, Generation)."
+        ),
+    ] = None,
     model: Annotated[
         Path | None,
         typer.Option(help="A language model lm.pt or lm.onnx; default: models/lm-lstm/lm.pt."),
@@ -156,8 +163,9 @@ def generate(
     from sentiment_rnn import generate as step
     from sentiment_rnn.core.generate import Sampling
 
+    chosen = {} if guidance is None else {"guidance": guidance}
     request = step.Request(prompt, max_tokens, samples, seed, sentiment,
-                           Sampling(temperature, top_k, top_p))  # fmt: skip
+                           Sampling(temperature, top_k, top_p, **chosen))  # fmt: skip
     found = step.run_generate(model, request)
     if output is None:
         typer.echo(step.as_text(found))

@@ -12,11 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sentiment_rnn.core.generate import Sampling, filtered_probs, generate, prompt_ids
-from sentiment_rnn.core.lm import BiLM, LMConfig, TorchStepper, frame, frequency_ranks, load_lm
+from sentiment_rnn.core.generate import Guided, Sampling, filtered_probs, generate, prompt_ids
+from sentiment_rnn.core.lm import (
+    BiLM,
+    LMConfig,
+    TorchStepper,
+    build_lm,
+    frame,
+    frequency_ranks,
+    load_lm,
+)
 from sentiment_rnn.core.lm_data import chunks, epoch_rows, join, n_chunks, rows_of
 from sentiment_rnn.core.lm_training import LMTrainConfig, fit_lm
-from sentiment_rnn.core.tokenizer import BOS_ID, EOS_ID, PAD_ID, POSITIVE_ID, UNK_ID
+from sentiment_rnn.core.tokenizer import BOS_ID, EOS_ID, NEUTRAL_ID, PAD_ID, POSITIVE_ID, UNK_ID
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.export.lm_onnx import export_lm_step
 from sentiment_rnn.serving.lm_onnx import OnnxStepper
@@ -176,10 +184,40 @@ def test_onnx_generation_equals_torch_greedy_and_sampled(arch: str, tmp_path: Pa
     export_lm_step(model, tmp_path / "lm.onnx", "ab" * 32)
     onnx = OnnxStepper(tmp_path / "lm.onnx")
     start = prompt_ids([12, 13, 14], "negative")
-    for sampling in (Sampling(top_k=1), Sampling(temperature=0.9, top_p=0.95)):
+    guided = Sampling(temperature=0.9, top_p=0.95, guidance=3.0)
+    for sampling in (Sampling(top_k=1), Sampling(temperature=0.9, top_p=0.95), guided):
         torch_out = generate(TorchStepper(model), start, 25, 4, sampling, seed=1)
         onnx_out = generate(onnx, start, 25, 4, sampling, seed=1)
         assert [s.ids for s in onnx_out] == [s.ids for s in torch_out]
+
+
+def test_guidance_moves_away_from_the_neutral_reading_and_stays_a_distribution() -> None:
+    model = _lm()
+    fit_lm(model, _docs(), _docs(5), 50, replace(CFG, epochs=1))
+    inner = TorchStepper(model)
+    tokens = np.array([BOS_ID, POSITIVE_ID])
+    guided, _ = Guided(inner, 2.0).step(tokens, Guided(inner, 2.0).start(2))
+    asked, _ = inner.step(tokens, None)
+    plain, _ = inner.step(np.array([BOS_ID, NEUTRAL_ID]), None)
+    expected = asked + 2.0 * (asked - plain)
+    expected -= np.logaddexp.reduce(expected.astype(np.float64), axis=1, keepdims=True)
+    np.testing.assert_allclose(guided, expected, atol=1e-5)
+    np.testing.assert_allclose(guided[0], asked[0], atol=1e-5)  # no sentiment read: unchanged
+    np.testing.assert_allclose(np.exp(guided).sum(axis=1), 1.0, atol=1e-6)
+    start = prompt_ids([10, 11], "positive")
+    off = generate(inner, start, 20, 3, Sampling(guidance=0.0), seed=2)
+    on = generate(inner, start, 20, 3, Sampling(guidance=5.0), seed=2)
+    again = generate(inner, start, 20, 3, Sampling(guidance=5.0), seed=2)
+    assert [s.ids for s in on] == [s.ids for s in again] != [s.ids for s in off]
+    neutral = prompt_ids([10, 11], "neutral")  # nothing asked: guidance has nothing to push
+    assert [s.ids for s in generate(inner, neutral, 20, 3, Sampling(guidance=5.0), seed=2)] == [
+        s.ids for s in generate(inner, neutral, 20, 3, Sampling(guidance=0.0), seed=2)
+    ]
+
+
+def test_word_vectors_of_another_shape_are_refused_by_the_language_model() -> None:
+    with pytest.raises(UserError, match="set lm.<arch>.model.embed_dim to embeddings.dim"):
+        build_lm(_lm().cfg, 0, np.zeros((VOCAB, 5), dtype=np.float32))
 
 
 @pytest.mark.parametrize(
@@ -190,6 +228,7 @@ def test_onnx_generation_equals_torch_greedy_and_sampled(arch: str, tmp_path: Pa
         ({"top_p": 0.0}, r"--top-p must be in \(0, 1\]"),
         ({"top_p": 1.5}, r"--top-p must be in \(0, 1\]"),
         ({"top_k": -1}, "--top-k must be >= 0"),
+        ({"guidance": -0.5}, "--guidance must be >= 0"),
     ],
 )
 def test_bad_sampling_settings_are_refused(change: dict, message: str) -> None:

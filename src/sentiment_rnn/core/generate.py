@@ -6,6 +6,12 @@ next-token log-probabilities: the torch model (`core.lm.TorchStepper`) or its ON
 (`serving.lm_onnx.OnnxStepper`). Sampling itself is numpy with a seeded generator, so the same
 seed gives the same text whichever stepper runs (and greedy decoding the same tokens); this
 module needs no torch.
+
+A requested sentiment is strengthened by classifier-free guidance (Ho & Salimans, 2022;
+Sanchez et al., 2023, for language models): the model also reads the prompt as `[NEUTRAL]`,
+and the next-token log-probabilities move away from that reading,
+`log p(x | s) + g * (log p(x | s) - log p(x | neutral))`, renormalised. No classifier is
+involved: the LM was trained with the neutral token on the unlabelled reviews.
 """
 
 from dataclasses import dataclass
@@ -13,7 +19,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sentiment_rnn.core.tokenizer import BOS_ID, EOS_ID, SENTIMENT_IDS, UNK_ID
+from sentiment_rnn.core.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    NEGATIVE_ID,
+    NEUTRAL_ID,
+    POSITIVE_ID,
+    SENTIMENT_IDS,
+    UNK_ID,
+)
 from sentiment_rnn.errors import UserError
 
 
@@ -32,8 +46,11 @@ class Sampling:
     temperature: float = 0.9
     top_k: int = 0  # 0: no top-k cut
     top_p: float = 0.95  # nucleus: the smallest set of tokens holding this much probability
+    guidance: float = 0.0  # classifier-free guidance of a requested sentiment; 0: off
 
     def __post_init__(self) -> None:
+        if not self.guidance >= 0:
+            raise UserError(f"--guidance must be >= 0 (0: off), got {self.guidance}")
         if not self.temperature > 0:
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -78,6 +95,24 @@ def prompt_ids(encoded: list[int], sentiment: str) -> list[int]:
     return [BOS_ID, SENTIMENT_IDS[sentiment], *encoded]
 
 
+class Guided:
+    """A `Stepper` that reads each row twice, as asked and as `[NEUTRAL]`, and returns the
+    guided log-probabilities of the rows as asked."""
+
+    def __init__(self, inner: Stepper, scale: float) -> None:
+        self.inner, self.scale = inner, scale
+
+    def start(self, batch: int) -> Any:
+        return self.inner.start(2 * batch)
+
+    def step(self, tokens: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        neutral = np.where(np.isin(tokens, (POSITIVE_ID, NEGATIVE_ID)), NEUTRAL_ID, tokens)
+        both, state = self.inner.step(np.concatenate([tokens, neutral]), state)
+        asked, plain = np.split(both.astype(np.float64), 2)
+        guided = asked + self.scale * (asked - plain)
+        return guided - np.logaddexp.reduce(guided, axis=1, keepdims=True), state
+
+
 @dataclass
 class Generated:
     ids: list[int]  # the new tokens, without [EOS]
@@ -96,6 +131,8 @@ def generate(
     or after `max_tokens` tokens."""
     rng = np.random.default_rng(seed)
     greedy = sampling.top_k == 1
+    if sampling.guidance and {POSITIVE_ID, NEGATIVE_ID} & set(prompt):
+        stepper = Guided(stepper, sampling.guidance)
     state = stepper.start(samples)
     tokens = np.full(samples, prompt[0], dtype=np.int64)
     for token in prompt[1:]:  # read the prompt, keeping only the state

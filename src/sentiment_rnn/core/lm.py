@@ -116,6 +116,12 @@ def build_lm(cfg: LMConfig, seed: int, vectors: np.ndarray | None = None) -> BiL
     torch.manual_seed(seed)
     model = BiLM(cfg)
     if vectors is not None:
+        expected = tuple(model.embedding.weight.shape)
+        if tuple(vectors.shape) != expected:
+            raise UserError(
+                f"pretrained word vectors have shape {tuple(vectors.shape)}, the language model "
+                f"needs {expected}: set lm.<arch>.model.embed_dim to embeddings.dim"
+            )
         with torch.no_grad():
             model.embedding.weight.copy_(torch.from_numpy(vectors))
     return model
