@@ -127,11 +127,6 @@ def build_lm(cfg: LMConfig, seed: int, vectors: np.ndarray | None = None) -> BiL
     return model
 
 
-def initial_state(cfg: LMConfig, batch: int, device: torch.device | str = "cpu") -> State:
-    zeros = torch.zeros(1, batch, cfg.hidden_size, device=device)
-    return (zeros, zeros.clone()) if cfg.arch == "lstm" else zeros
-
-
 def detach(state: State) -> State:
     """The state as a constant: truncated backpropagation stops at the chunk boundary."""
     if isinstance(state, tuple):
