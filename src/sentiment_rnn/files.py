@@ -54,11 +54,19 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
+def _read_umask() -> int:
+    """The process umask; reading it means setting it, so do it once, before any thread."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def _permissions_of_open(path: Path) -> None:
     """mkstemp creates 0600 files: give the result the permissions a plain open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 @contextmanager

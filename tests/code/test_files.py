@@ -5,12 +5,15 @@ from pathlib import Path
 
 import pytest
 
+from sentiment_rnn import files
 from sentiment_rnn.files import atomic_path, read_json, write_json
 
 
 @pytest.fixture
-def umask_022():
+def umask_022(monkeypatch: pytest.MonkeyPatch):
+    """The umask 022 for plain opens and for the one files.py read at import."""
     previous = os.umask(0o022)
+    monkeypatch.setattr(files, "_UMASK", 0o022)
     yield
     os.umask(previous)
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from sentiment_rnn.core.cells import ReferenceLayer
-from sentiment_rnn.core.model import ARCHS, CELLS, FUSED
+from sentiment_rnn.core.model import ARCHS, CELLS, FUSED, copy_word_vectors
 from sentiment_rnn.core.tokenizer import BOS_ID, EOS_ID, PAD_ID, SENTIMENT_IDS
 from sentiment_rnn.errors import UserError
 
@@ -116,14 +116,9 @@ def build_lm(cfg: LMConfig, seed: int, vectors: np.ndarray | None = None) -> BiL
     torch.manual_seed(seed)
     model = BiLM(cfg)
     if vectors is not None:
-        expected = tuple(model.embedding.weight.shape)
-        if tuple(vectors.shape) != expected:
-            raise UserError(
-                f"pretrained word vectors have shape {tuple(vectors.shape)}, the language model "
-                f"needs {expected}: set lm.<arch>.model.embed_dim to embeddings.dim"
-            )
-        with torch.no_grad():
-            model.embedding.weight.copy_(torch.from_numpy(vectors))
+        copy_word_vectors(
+            model.embedding, vectors, "set lm.<arch>.model.embed_dim to embeddings.dim"
+        )
     return model
 
 

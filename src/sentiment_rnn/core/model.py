@@ -78,6 +78,19 @@ def _gather_time(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def copy_word_vectors(embedding: nn.Embedding, vectors: Tensor | np.ndarray, fix: str) -> None:
+    """Copy pretrained word vectors into `embedding`; another shape is a one-line error
+    whose advice `fix` names the setting to change."""
+    expected = tuple(embedding.weight.shape)
+    if tuple(vectors.shape) != expected:
+        raise UserError(
+            f"pretrained word vectors have shape {tuple(vectors.shape)}, the model needs "
+            f"{expected}: {fix}"
+        )
+    with torch.no_grad():
+        embedding.weight.copy_(torch.as_tensor(vectors))
+
+
 class SentimentRNN(nn.Module):
     """forward(token_ids (B, T) int64, lengths (B,) int64) -> logits (B,)."""
 
@@ -100,13 +113,9 @@ class SentimentRNN(nn.Module):
     @torch.no_grad()
     def load_embeddings(self, vectors: Tensor) -> None:
         """Start the embedding layer from pretrained word vectors (vocab, embed_dim)."""
-        expected = tuple(self.embedding.weight.shape)
-        if tuple(vectors.shape) != expected:
-            raise UserError(
-                f"pretrained word vectors have shape {tuple(vectors.shape)}, the model needs "
-                f"{expected}: set model.embed_dim to embeddings.dim and retokenize consistently"
-            )
-        self.embedding.weight.copy_(vectors)
+        copy_word_vectors(
+            self.embedding, vectors, "set model.embed_dim to embeddings.dim and retokenize"
+        )
         self.embedding.weight[self.cfg.pad_id].zero_()
 
     def encode(self, token_ids: Tensor, lengths: Tensor) -> Tensor:
