@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--guidance", type=float, default=Sampling.guidance,
                         help="classifier-free guidance of the sentiment (0: off)")  # fmt: skip
+    parser.add_argument("--steer", type=float, default=Request.steer,
+                        help="lexicon steering of the sentiment (0: off)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -104,6 +106,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             seed=args.seed + offset,
             sentiment=sentiment,
             sampling=sampling,
+            steer=args.steer,
         )
         samples += run_generate(args.lm, request)
     seconds = time.perf_counter() - start
@@ -124,6 +127,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "temperature": args.temperature,
         "top_p": args.top_p,
         "guidance": args.guidance,
+        "steer": args.steer,
         "seed": args.seed,
         "generation_seconds": round(seconds, 2),
         "tokens_per_second": round(sum(s.tokens for s in samples) / seconds, 1),
@@ -163,7 +167,7 @@ def markdown(result: dict[str, Any], command: str, machine: str) -> str:
             "",
             f"{result['samples']} samples of up to {result['max_tokens']} tokens from "
             f"`{result['lm']}` (temperature {result['temperature']}, top-p {result['top_p']}, "
-            f"guidance {result['guidance']}, "
+            f"guidance {result['guidance']}, lexicon steering {result['steer']}, "
             f"half asked positive, half negative), scored by `{result['classifier']}`; "
             f"{result['tokens_per_second']:,.0f} tokens/s, {result['ended_by_model']} ended "
             "by the model.",

@@ -151,6 +151,13 @@ def generate(
             " Default: off; on the pipeline's LSTM LM it did not raise agreement (README)."
         ),
     ] = None,
+    steer: Annotated[
+        float | None,
+        typer.Option(
+            help="How hard to lean toward --sentiment with a word lexicon learnt from the train"
+            " reviews (>= 0; 0: off). Default: the strength chosen in README."
+        ),
+    ] = None,
     model: Annotated[
         Path | None,
         typer.Option(help="A language model lm.pt or lm.onnx; default: models/lm-lstm/lm.pt."),
@@ -164,8 +171,9 @@ def generate(
     from sentiment_rnn.core.generate import Sampling
 
     chosen = {} if guidance is None else {"guidance": guidance}
+    steering = {} if steer is None else {"steer": steer}
     request = step.Request(prompt, max_tokens, samples, seed, sentiment,
-                           Sampling(temperature, top_k, top_p, **chosen))  # fmt: skip
+                           Sampling(temperature, top_k, top_p, **chosen), **steering)  # fmt: skip
     found = step.run_generate(model, request)
     if output is None:
         typer.echo(step.as_text(found))

@@ -357,6 +357,7 @@ def test_generate_command_writes_json_lines_with_the_same_text_per_seed(
         (["--top-p", "1.2"], "--top-p must be in"),
         (["--prompt", "日本語の映画"], "only words the tokenizer does not know"),
         (["--sentiment", "ecstatic"], "--sentiment must be one of"),
+        (["--sentiment", "positive", "--steer", "-1"], "--steer must be >= 0"),
     ],
 )
 def test_generate_refuses_bad_input_in_one_line(
@@ -394,6 +395,43 @@ def test_a_language_model_of_another_tokenizer_is_refused(lm_project: Path, tmp_
     (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text() + " ")
     with pytest.raises(UserError, match="is not the one"):
         run_generate(copy / "lm.pt", Request(prompt="a film", max_tokens=10))
+
+
+def test_generation_steered_by_the_train_lexicon_is_the_same_from_torch_and_onnx(
+    lm_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sentiment_rnn.generate import Request, run_generate
+
+    monkeypatch.chdir(lm_project)  # the lexicon comes from the project's data/tokens
+    folder = lm_project / "models/lm-lstm"
+    request = Request(prompt="the film", max_tokens=15, samples=4, seed=5, sentiment="positive")
+    plain = run_generate(folder / "lm.pt", replace(request, steer=0.0))
+    steered = [run_generate(folder / m, replace(request, steer=4.0)) for m in ("lm.pt", "lm.onnx")]
+    assert [s.text for s in steered[0]] == [s.text for s in steered[1]]
+    assert [s.text for s in steered[0]] != [s.text for s in plain]
+
+
+def test_steering_without_its_lexicon_is_refused_when_asked_and_skipped_by_default(
+    lm_project: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sentiment_rnn import generate as step
+
+    model = lm_project / "models/lm-lstm/lm.pt"
+    request = step.Request(max_tokens=5, sentiment="negative")
+    monkeypatch.chdir(tmp_path)  # no data/tokens here
+    with pytest.raises(UserError, match="run dvc repro tokenize, or pass --steer 0"):
+        step.run_generate(model, replace(request, steer=1.0))
+    monkeypatch.setattr(step, "DEFAULT_STEER", 1.0)
+    assert step.run_generate(model, request)  # the default: generated, not steered
+    assert "not steered toward negative" in caplog.text
+    shutil.copytree(lm_project / "data/tokens", tmp_path / "data/tokens")
+    meta = tmp_path / "data/tokens/meta.json"
+    meta.write_text(meta.read_text().replace('"tokenizer_sha256": "', '"tokenizer_sha256": "0'))
+    with pytest.raises(UserError, match="another tokenizer than the language model"):
+        step.run_generate(model, replace(request, steer=1.0))
 
 
 def test_a_classifier_starts_from_its_language_model(
