@@ -390,7 +390,11 @@ def score_shard(
     record_file.parent.mkdir(parents=True, exist_ok=True)
     remove_temporaries(output)  # of an attempt killed before, in this run or an earlier one
     scoring_model, loads = cached_model(model, SessionConfig(threads=threads))
-    predict_options = PredictOptions(progress=False, row_groups=shard.row_groups, **options)
+    # One thread is a one-core budget (a Dask worker of one thread): tokenising the next chunk
+    # on a second thread would take that core from the next worker.
+    predict_options = PredictOptions(
+        progress=False, row_groups=shard.row_groups, prefetch=threads != 1, **options
+    )
     summary = predict_file(scoring_model, shard.path, output, predict_options)
     rows_in = input_rows(shard)
     record = {
@@ -453,7 +457,8 @@ def score_folder(
 
     The default task runner scores one shard at a time in this process, as before; a Dask
     runner (`score_folder.with_options(task_runner=dask_runner(...))`) spreads them.
-    `threads`: onnxruntime threads per task (0: one per core).
+    `threads`: threads per task (0: one per core); with 1, a task reads, tokenises and scores
+    on one thread, as a Dask worker of one thread should.
     """
     logger = get_run_logger()
     started = time.time()
@@ -572,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="a local Dask cluster")
     parser.add_argument("--address", default=None, help="an existing Dask scheduler")
     parser.add_argument("--threads", type=int, default=None,
-                        help="onnxruntime threads per task (1 on Dask, else all)")  # fmt: skip
+                        help="threads per task (1 on Dask, else all)")  # fmt: skip
     parser.add_argument("--cron", default=None, help="serve on this schedule instead of once")
     args = vars(parser.parse_args(argv))
     cron, workers, address = args.pop("cron"), args.pop("workers"), args.pop("address")
