@@ -1,43 +1,50 @@
 """Orchestration overhead: a no-change run of the pipeline flow against a no-change `dvc repro`.
 
-    python benchmarks/flow_overhead.py [--project-root DIR] [--repeats 3]
+    python benchmarks/flow_overhead.py [--project-root DIR] [--repeats 3] [--before CHECKOUT]
 
 Without --project-root it builds the tests' tiny synthetic project in a temporary folder and
 brings it up to date with one `dvc repro` (minutes on two cores) before timing. Writes
-reports/benchmarks/flow_overhead.json.
+<out>.json and <out>.md.
 
-Timed, each on a project where nothing changed:
-- dvc_repro: `dvc repro`, DVC alone;
-- flow_cli: `python flows/pipeline.py`, as `make pipeline` runs it: Python and Prefect start-up,
-  Prefect's temporary server, the MLflow parent run, `dvc dag` and `dvc status`. With
-  PREFECT_API_URL set (a `prefect server start` running), the flow uses that server instead and
-  the figures go to flow_overhead_server.json;
+Timed in one run, each on a project where nothing changed:
+- dvc_repro: `dvc repro`, DVC alone (the baseline);
+- flow_standing: `python flows/pipeline.py` with PREFECT_API_URL naming a Prefect server that is
+  already up, as `make pipeline` runs it (its first run starts one with `prefect server start
+  --background`; here one is started in a throwaway PREFECT_HOME before timing);
+- flow_temporary: the same command with no PREFECT_API_URL: Prefect starts a temporary server
+  for the run and stops it at exit;
 - flow_in_process: the flow called in a process whose Prefect API is already up (what a served
-  deployment pays per run).
+  deployment pays per run);
+- with --before CHECKOUT: flow_temporary and flow_standing of another checkout of this
+  repository (e.g. a `git worktree` of the commit before a change), on the same project.
 
-Wall times go with the machine's load (two shared cores here), so each command's CPU time
-(user + system, its child processes included) is recorded too, and the 1-minute load average
-before and after.
+Wall times go with the machine's load (two cores here), so each command's CPU time (user +
+system, its child processes included) is recorded too, and the 1-minute load average before
+and after.
 """
 
-import argparse
-import json
 import os
-import platform
 import resource
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import _common
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make `flows` importable
     sys.path.insert(0, str(REPO_ROOT))
 
-OUT_DIR = REPO_ROOT / "reports" / "benchmarks"
+from flows.dvc_runner import bin_dir, child_env, dvc_command  # noqa: E402
+
+DEFAULT_OUT = Path("reports/benchmarks/flow_overhead")
 TARGET_S = 15.0
 
 
@@ -61,10 +68,8 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    from flows.dvc_runner import child_env  # this venv's dvc and sentiment-rnn
-
-    out = subprocess.run(cmd, cwd=cwd, env=child_env({}), capture_output=True, text=True)
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=env or child_env({}), capture_output=True, text=True)
     if out.returncode != 0:
         tail = (out.stdout + out.stderr)[-3000:]
         raise SystemExit(f"error: {' '.join(cmd)} failed:\n{tail}")
@@ -82,14 +87,38 @@ def tiny_project(folder: Path) -> Path:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"building {root}: dvc repro of every stage ...", flush=True)
-    run([dvc(), "repro"], root)
+    run([dvc_command(child_env({})), "repro"], root)
     return root
 
 
-def dvc() -> str:
-    from flows.dvc_runner import child_env, dvc_command
+def prefect_env(home: Path, api_url: str | None) -> dict[str, str]:
+    """Our environment with no PREFECT_ setting but a throwaway PREFECT_HOME (and the API)."""
+    env = {k: v for k, v in child_env({}).items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(home)
+    return env | ({"PREFECT_API_URL": api_url} if api_url else {})
 
-    return dvc_command(child_env({}))
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def standing_server(home: Path) -> Iterator[str]:
+    """A Prefect server started as `make pipeline` starts one; stopped at the end."""
+    prefect, port = str(bin_dir() / "prefect"), free_port()
+    env = prefect_env(home, None)
+    start = [prefect, "server", "start", "--background", "--host", "127.0.0.1",
+             "--port", str(port), "--analytics-off"]  # fmt: skip
+    run(start, REPO_ROOT, env)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        run([prefect, "server", "status", "--wait", "--timeout", "120"], REPO_ROOT,
+            prefect_env(home, api))  # fmt: skip
+        yield api
+    finally:
+        subprocess.run([prefect, "server", "stop"], env=env, capture_output=True)
 
 
 def in_process_times(root: Path, repeats: int) -> tuple[list[float], list[float]]:
@@ -99,7 +128,7 @@ def in_process_times(root: Path, repeats: int) -> tuple[list[float], list[float]
     from flows.pipeline import pipeline
 
     with prefect_test_harness(server_startup_timeout=120):
-        pipeline(project_root=str(root))  # warm-up: imports, MLflow's tables
+        pipeline(project_root=str(root))  # warm-up: imports, Prefect's tables
         return timed(lambda: check_skipped(pipeline(project_root=str(root))), repeats)
 
 
@@ -109,77 +138,109 @@ def check_skipped(outcomes: dict[str, str]) -> None:
         raise SystemExit(f"error: the project was not up to date: {ran} did not skip")
 
 
-def run_cli(cmd: list[str], root: Path) -> None:
-    """The flow's command; its last lines are the table `stage  outcome`."""
-    rows = [line.split() for line in run(cmd, root).splitlines() if line.strip()]
+def run_cli(checkout: Path, root: Path, env: dict[str, str]) -> None:
+    """`checkout`'s flow command; its last lines are the table `stage  outcome`."""
+    cmd = [sys.executable, str(checkout / "flows" / "pipeline.py"), "--project-root", str(root)]
+    env = env | {"PYTHONPATH": str(checkout / "src")}
+    rows = [line.split() for line in run(cmd, root, env).splitlines() if line.strip()]
     check_skipped({row[0]: " ".join(row[1:]) for row in rows if len(row) >= 2})
 
 
-def summary(name: str, walls: list[float], cpus: list[float]) -> dict[str, object]:
+def summary(name: str, walls: list[float], cpus: list[float], dvc_s: float) -> dict[str, Any]:
+    median = statistics.median(walls)
     return {
-        f"{name}_s": walls,
-        f"{name}_cpu_s": cpus,
-        f"median_{name}_s": statistics.median(walls),
-        f"spread_{name}_s": round(max(walls) - min(walls), 2),
-        f"median_{name}_cpu_s": statistics.median(cpus),
+        "wall_s": walls,
+        "cpu_s": cpus,
+        "median_s": median,
+        "median_cpu_s": statistics.median(cpus),
+        "overhead_s": round(median - dvc_s, 2),
     }
 
 
-def measure(root: Path, repeats: int) -> dict[str, object]:
-    cli = [sys.executable, str(REPO_ROOT / "flows" / "pipeline.py"), "--project-root", str(root)]
+def measure(root: Path, repeats: int, before: Path | None, home: Path) -> dict[str, Any]:
     load_before = round(os.getloadavg()[0], 2)
-    result = {
+    dvc_walls, dvc_cpus = timed(lambda: run([dvc_command(child_env({})), "repro"], root), repeats)
+    dvc_s = statistics.median(dvc_walls)
+    result: dict[str, Any] = {
         "project_root": str(root),
         "repeats": repeats,
-        **summary("dvc_repro", *timed(lambda: run([dvc(), "repro"], root), repeats)),
-        **summary("flow_cli", *timed(lambda: run_cli(cli, root), repeats)),
-        **summary("flow_in_process", *in_process_times(root, repeats)),
+        "dvc_repro": {"wall_s": dvc_walls, "cpu_s": dvc_cpus, "median_s": dvc_s},
     }
-    dvc_s, cli_s, process_s = (
-        result[f"median_{name}_s"] for name in ("dvc_repro", "flow_cli", "flow_in_process")
-    )
-    return {
-        **result,
-        "overhead_cli_s": round(cli_s - dvc_s, 2),
-        "overhead_in_process_s": round(process_s - dvc_s, 2),
-        "overhead_cli_cpu_s": round(
-            result["median_flow_cli_cpu_s"] - result["median_dvc_repro_cpu_s"], 2
-        ),
+    checkouts = {"": REPO_ROOT} | ({"before_": before} if before else {})
+    with standing_server(home / "standing") as api:
+        for prefix, checkout in checkouts.items():
+            standing = prefect_env(home / "standing", api)
+            times = timed(lambda c=checkout, e=standing: run_cli(c, root, e), repeats)
+            result[f"{prefix}flow_standing"] = summary("standing", *times, dvc_s)
+    for prefix, checkout in checkouts.items():
+        temporary = prefect_env(home / f"{prefix}temporary", None)
+        times = timed(lambda c=checkout, e=temporary: run_cli(c, root, e), repeats)
+        result[f"{prefix}flow_temporary"] = summary("temporary", *times, dvc_s)
+    result["flow_in_process"] = summary("in_process", *in_process_times(root, repeats), dvc_s)
+    return result | {
+        "before_checkout": str(before) if before else None,
         "target_overhead_s": TARGET_S,
-        "cli_within_target": cli_s - dvc_s < TARGET_S,
-        "prefect_api": os.environ.get("PREFECT_API_URL") or "temporary server",
-        "cpus": os.cpu_count(),
         "load_average_1min_before": load_before,
         "load_average_1min_after": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def markdown(result: dict[str, Any]) -> str:
+    names = {
+        "flow_standing": "`python flows/pipeline.py`, standing server (`make pipeline`)",
+        "flow_temporary": "`python flows/pipeline.py`, Prefect's temporary server",
+        "before_flow_standing": "before: standing server",
+        "before_flow_temporary": "before: temporary server",
+        "flow_in_process": "the flow in a process with the API up",
+    }
+    rows = [
+        f"| {label} | {', '.join(map(str, r['wall_s']))} | {r['median_s']} | "
+        f"**{r['overhead_s']}** | {r['median_cpu_s']} |"
+        for key, label in names.items()
+        if (r := result.get(key))
+    ]
+    dvc = result["dvc_repro"]
+    return "\n".join(
+        [
+            "# Orchestration overhead: no-change flow run vs no-change `dvc repro`",
+            "",
+            f"`{result['command']}` on {result['machine']}, {result['when']}; "
+            f"load {result['load_average_1min_before']} -> {result['load_average_1min_after']}."
+            " Project: the tests' tiny synthetic one, up to date before timing.",
+            "",
+            f"`dvc repro` (no change): {', '.join(map(str, dvc['wall_s']))} s, "
+            f"median {dvc['median_s']} s.",
+            "",
+            "| command | wall (s) | median (s) | overhead over dvc repro (s) | CPU median (s) |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            f"Target: at most {TARGET_S:.0f} s over `dvc repro`.",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _common.parser(__doc__, DEFAULT_OUT)
     parser.add_argument(
         "--project-root", type=Path, help="an up-to-date DVC project (default: build a tiny one)"
     )
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--before", type=Path, help="another checkout to time the same way")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="flow-overhead-") as tmp:
         root = args.project_root.resolve() if args.project_root else tiny_project(Path(tmp))
-        result = measure(root, args.repeats)
-    out = OUT_DIR / (
-        "flow_overhead_server.json" if os.environ.get("PREFECT_API_URL") else "flow_overhead.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print(
-        f"overhead of `python flows/pipeline.py` over `dvc repro`: {result['overhead_cli_s']} s "
-        f"(median of {args.repeats}; target < {TARGET_S:.0f} s; CPU: "
-        f"{result['overhead_cli_cpu_s']} s); in a process with the API up: "
-        f"{result['overhead_in_process_s']} s. Load average "
-        f"{result['load_average_1min_before']} -> {result['load_average_1min_after']} on "
-        f"{result['cpus']} CPUs. Written to {out.relative_to(REPO_ROOT)}"
-    )
+        before = args.before.resolve() if args.before else None
+        result = measure(root, args.repeats, before, Path(tmp) / "prefect")
+    result |= {
+        "command": _common.command(__file__, argv),
+        "machine": _common.machine("prefect", "dvc", "mlflow"),
+    }
+    text = markdown(result)
+    _common.write_result(args.out, result, text)
+    print(text)
     return 0
 
 

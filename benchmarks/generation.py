@@ -13,6 +13,7 @@ Prints and writes to <out>.json / <out>.md, with ten samples shown:
 - distinct bigrams: distinct word bigrams over all bigrams of all samples (target >= 0.5);
 - repeated 4-grams: the share of a sample's word 4-grams seen earlier in the same sample,
   pooled over the samples (target <= 0.05).
+Several `--steer` values make a sweep: one table row per strength, no samples shown.
 """
 
 import argparse
@@ -27,7 +28,7 @@ from sentiment_rnn import paths
 from sentiment_rnn.core.generate import Sampling
 from sentiment_rnn.core.model import ARCHS
 from sentiment_rnn.files import read_json
-from sentiment_rnn.generate import Request, Sample, run_generate
+from sentiment_rnn.generate import DEFAULT_STEER, Request, Sample, run_generate
 from sentiment_rnn.serving.batching import infer_chunk, prepare_chunk
 from sentiment_rnn.serving.io import Chunk
 from sentiment_rnn.serving.model import load_model
@@ -48,8 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--guidance", type=float, default=Sampling.guidance,
                         help="classifier-free guidance of the sentiment (0: off)")  # fmt: skip
-    parser.add_argument("--steer", type=float, default=Request.steer,
-                        help="lexicon steering of the sentiment (0: off)")  # fmt: skip
+    parser.add_argument("--steer", type=float, nargs="+", default=[DEFAULT_STEER],
+                        help="lexicon steering of the sentiment (0: off); several values: a "
+                        "sweep, one table row each")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -95,7 +97,7 @@ def classify(classifier: Path, texts: list[str]) -> tuple[list[str], list[str]]:
     return labels, scored.status
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, steer: float) -> dict[str, Any]:
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, guidance=args.guidance)
     samples: list[Sample] = []
     start = time.perf_counter()
@@ -106,7 +108,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             seed=args.seed + offset,
             sentiment=sentiment,
             sampling=sampling,
-            steer=args.steer,
+            steer=steer,
         )
         samples += run_generate(args.lm, request)
     seconds = time.perf_counter() - start
@@ -127,7 +129,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "temperature": args.temperature,
         "top_p": args.top_p,
         "guidance": args.guidance,
-        "steer": args.steer,
+        "steer": steer,
         "seed": args.seed,
         "generation_seconds": round(seconds, 2),
         "tokens_per_second": round(sum(s.tokens for s in samples) / seconds, 1),
@@ -184,13 +186,47 @@ def markdown(result: dict[str, Any], command: str, machine: str) -> str:
     )
 
 
+def sweep_markdown(results: list[dict[str, Any]], command: str, machine: str) -> str:
+    first = results[0]
+    rows = [
+        f"| {r['steer']} | {r['agreement']:.3f} | {r['distinct_bigrams']:.3f} | "
+        f"{r['repeated_4grams']:.3f} | {r['ended_by_model']} |"
+        for r in results
+    ]
+    return "\n".join(
+        [
+            "# Generated reviews: a sweep of the lexicon steering strength",
+            "",
+            f"`{command}` on {machine}.",
+            "",
+            f"{first['samples']} samples of up to {first['max_tokens']} tokens per strength from "
+            f"`{first['lm']}` (temperature {first['temperature']}, top-p {first['top_p']}, seed "
+            f"{first['seed']}), half asked positive, half negative, scored by "
+            f"`{first['classifier']}`.",
+            "",
+            "| steer | agreement | distinct bigrams | repeated 4-grams | ended by the model |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.samples < 2:
         raise SystemExit("--samples must be >= 2 (half per sentiment)")
-    result = measure(args)
     command = _common.command(__file__, argv)
     machine = _common.machine("torch", "onnxruntime-gpu")
+    if len(args.steer) > 1:
+        results = [measure(args, steer) for steer in args.steer]
+        for r in results:
+            figures = ", ".join(f"{name} {r[name]:.3f}" for name in TARGETS)
+            print(f"steer {r['steer']}: {figures}")
+        report = {"command": command, "machine": machine, "sweep": results}
+        _common.write_result(args.out, report, sweep_markdown(results, command, machine))
+        return
+    result = measure(args, args.steer[0])
     result |= {"command": command, "machine": machine}
     files = _common.write_result(args.out, result, markdown(result, command, machine))
     for name in TARGETS:

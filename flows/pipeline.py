@@ -6,14 +6,16 @@ Prefect artifacts: a table of the stages that ran or were skipped, and the model
 
     python flows/pipeline.py [--archs lstm,gru] [--data-source PATH] [--project-root DIR]
 
-With no PREFECT_API_URL set, Prefect itself starts a temporary local server for the run and
-stops it at exit; with one set (e.g. `prefect server start`), the run is recorded there.
+With PREFECT_API_URL set (`make pipeline` sets it to a standing local server that it starts
+once with `prefect server start --background`), the run is recorded there. With none set,
+Prefect itself starts a temporary local server for the run and stops it at exit.
 """
 
 import argparse
 import sys
 import time
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,6 @@ from prefect.settings import (
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.params import read_param, set_param
 from sentiment_rnn.paths import is_local_source
-from sentiment_rnn.tracking import runs
 
 if TYPE_CHECKING:
     from prefect.settings import Setting
@@ -170,14 +171,17 @@ def pipeline(
     chosen = plan.check_archs(graph, archs)
     if data_source is not None and set_data_source(root, data_source):
         changed = out_of_date_stages(root)  # the status above predates the new data source
-    uri, run_id = open_parent_run(root, chosen)
-    extra_env = {"MLFLOW_TRACKING_URI": uri, runs.PARENT_RUN_ENV: run_id}
+    parent = ParentRun.open(root, chosen) if changed else None
+    if parent is None:
+        get_run_logger().info("every stage is up to date (dvc status): no MLflow run opened")
+    extra_env = parent.env() if parent else {}
     outcomes: dict[str, str] = {}
     details: dict[str, str] = {}
     try:
         run_stages(graph, chosen, changed, root, extra_env, outcomes, details)
     except BaseException:  # interrupted too: the parent run must not stay RUNNING
-        runs.close_parent_run(uri, run_id, plan.stages_by_outcome(outcomes), failed=True)
+        if parent:
+            parent.close(outcomes, failed=True)
         publish(root, graph, outcomes, details)
         raise
     exported = sorted(
@@ -186,7 +190,8 @@ def pipeline(
     )  # fmt: skip
     if exported:
         promote(root, exported, extra_env)
-    runs.close_parent_run(uri, run_id, plan.stages_by_outcome(outcomes), failed=False)
+    if parent:
+        parent.close(outcomes, failed=False)
     publish(root, graph, outcomes, details)
     return outcomes
 
@@ -203,22 +208,45 @@ def promote(root: Path, archs: list[str], extra_env: dict[str, str]) -> None:
         raise dvc.StageFailed("promote", dvc.stage_error(lines, returncode))
 
 
-def open_parent_run(root: Path, archs: list[str]) -> tuple[str, str]:
-    """(tracking URI, run id) of this flow run's MLflow run, in params.yaml's experiment.
+@dataclass(frozen=True)
+class ParentRun:
+    """This flow run's MLflow run, which the stages' runs nest under.
 
-    The URI is anchored at the project root, where the stages run, wherever the flow started.
+    Opened only when a stage is out of date: a run where everything is up to date trains
+    nothing, so it adds no run to the experiment and does not import MLflow at all.
     """
-    uri = runs.tracking_uri(root)
-    experiment = str(read_param(root / PARAMS, "mlflow.experiment"))
-    tags = {
-        "prefect_flow_run_id": str(flow_run.id),
-        "archs": ",".join(archs),
-        "data_source": str(read_param(root / PARAMS, "data.source")),
-    }
-    name = f"pipeline {flow_run.name or ''}".strip()
-    run_id = runs.open_parent_run(uri, experiment, name, tags)
-    get_run_logger().info("MLflow parent run %s in experiment %s (%s)", run_id, experiment, uri)
-    return uri, run_id
+
+    uri: str
+    run_id: str
+
+    @classmethod
+    def open(cls, root: Path, archs: list[str]) -> "ParentRun":
+        """A run in params.yaml's experiment, in the store at the project root, where the
+        stages run, wherever the flow started."""
+        from sentiment_rnn.tracking import runs  # imports MLflow: only when a stage will run
+
+        uri = runs.tracking_uri(root)
+        experiment = str(read_param(root / PARAMS, "mlflow.experiment"))
+        tags = {
+            "prefect_flow_run_id": str(flow_run.id),
+            "archs": ",".join(archs),
+            "data_source": str(read_param(root / PARAMS, "data.source")),
+        }
+        name = f"pipeline {flow_run.name or ''}".strip()
+        run_id = runs.open_parent_run(uri, experiment, name, tags)
+        get_run_logger().info("MLflow parent run %s in experiment %s (%s)", run_id, experiment, uri)
+        return cls(uri, run_id)
+
+    def env(self) -> dict[str, str]:
+        """What the stages' processes need to log under this run."""
+        from sentiment_rnn.tracking import runs
+
+        return {"MLFLOW_TRACKING_URI": self.uri, runs.PARENT_RUN_ENV: self.run_id}
+
+    def close(self, outcomes: dict[str, str], failed: bool) -> None:
+        from sentiment_rnn.tracking import runs
+
+        runs.close_parent_run(self.uri, self.run_id, plan.stages_by_outcome(outcomes), failed)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

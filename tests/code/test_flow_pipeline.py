@@ -193,8 +193,7 @@ def test_second_run_runs_nothing(first_run):
 
     assert set(outcomes.values()) == {SKIPPED}
     assert {row["outcome"] for row in stage_table(flow_run_id)} == {SKIPPED}
-    assert len(mlflow_runs(first_run.root)) == runs_before + 1  # the parent run only
-    assert parent_runs(first_run.root)[-1].info.status == "FINISHED"
+    assert len(mlflow_runs(first_run.root)) == runs_before  # nothing trained: no MLflow run
 
 
 @pytest.mark.slow
