@@ -94,6 +94,7 @@ def tiny_project(folder: Path) -> Path:
 def prefect_env(home: Path, api_url: str | None) -> dict[str, str]:
     """Our environment with no PREFECT_ setting but a throwaway PREFECT_HOME (and the API)."""
     env = {k: v for k, v in child_env({}).items() if not k.startswith("PREFECT_")}
+    home.mkdir(parents=True, exist_ok=True)  # Prefect makes only the last folder
     env["PREFECT_HOME"] = str(home)
     return env | ({"PREFECT_API_URL": api_url} if api_url else {})
 
