@@ -47,6 +47,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make `flows` importable
     sys.path.insert(0, str(REPO_ROOT))
 
 from flows import score as score_flow  # noqa: E402
+from flows.prefect_defaults import command_settings  # noqa: E402
 from sentiment_rnn.files import read_json  # noqa: E402
 from sentiment_rnn.serving.model import load_model  # noqa: E402
 from sentiment_rnn.serving.predict import PredictOptions, predict_file  # noqa: E402
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         print("(c) one process, 2 threads ...", flush=True)
         c = in_process_run(args, shards, root / "out-c", rows)
         print(f"    {c}", flush=True)
-        with score_flow.api_for_workers():  # as `flows/score.py --workers` runs them
+        with command_settings(), score_flow.api_for_workers():  # as `score.py --workers` does
             print("(a) 1 worker x 1 thread ...", flush=True)
             a = dask_run(args, root / "shards", root / "out-a", 1, rows)
             print(f"    {a}", flush=True)

@@ -14,28 +14,17 @@ Prefect itself starts a temporary local server for the run and stops it at exit.
 import argparse
 import sys
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.settings import (
-    PREFECT_SERVER_ANALYTICS_ENABLED,
-    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-    Settings,
-    temporary_settings,
-)
 
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.params import read_param, set_param
 from sentiment_rnn.paths import is_local_source
-
-if TYPE_CHECKING:
-    from prefect.settings import Setting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the `flows` package importable
@@ -43,19 +32,12 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make the `flows` package 
 
 from flows import dvc_plan as plan  # noqa: E402
 from flows import dvc_runner as dvc  # noqa: E402
+from flows.prefect_defaults import command_settings  # noqa: E402
 
 PARAMS = "params.yaml"
 COMPARISON = Path("reports/comparison.md")  # written by the `compare` stage
 NETWORK_STAGES = {"download"}  # the only stage whose I/O can fail transiently (the hub)
 DOWNLOAD_RETRY_DELAYS = [10.0, 60.0]
-
-# Defaults of the command line run, for settings the user has not set (environment, profile).
-CLI_DEFAULTS: "dict[Setting, Any]" = {
-    # Prefect's temporary server sends no telemetry (offline, Prefect logs that as an error).
-    PREFECT_SERVER_ANALYTICS_ENABLED: False,
-    # Prefect's default wait for its temporary server is too short on two busy cores.
-    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120,
-}
 
 
 @task(cache_policy=NO_CACHE)
@@ -263,11 +245,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--project-root", help=f"the folder with dvc.yaml (default: {REPO_ROOT})")
     return parser.parse_args(argv)
-
-
-def command_settings() -> AbstractContextManager[Settings]:
-    """Prefect's settings with `CLI_DEFAULTS` where the user has set nothing, for the duration."""
-    return temporary_settings(set_defaults=CLI_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -563,6 +563,8 @@ def deployment(cron: str = DEFAULT_CRON, **parameters: Any) -> RunnerDeployment:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from flows.prefect_defaults import command_settings  # the script puts `flows` on the path
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input-dir", "--input", default="data/inbox",
                         help="a folder, a glob (quoted) or one file")  # fmt: skip
@@ -585,13 +587,14 @@ def main(argv: list[str] | None = None) -> None:
     if args["threads"] is None:
         args["threads"] = 1 if runner is not None else 0
     scoring = score_folder if runner is None else score_folder.with_options(task_runner=runner)
-    if cron:
-        scoring.serve(name="score-folder", cron=cron, parameters=args)
-    elif runner is None:
-        scoring(**args)
-    else:
-        with api_for_workers():
+    with command_settings():
+        if cron:
+            scoring.serve(name="score-folder", cron=cron, parameters=args)
+        elif runner is None:
             scoring(**args)
+        else:
+            with api_for_workers():
+                scoring(**args)
 
 
 if __name__ == "__main__":
