@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ARCH = "lstm"
 WORD_MARK = "▁"  # the tokenizer's word start, alone where the word's characters are unknown
-DEFAULT_STEER = 0.0  # lexicon steering strength of a requested sentiment
+DEFAULT_STEER = 1.0  # lexicon steering of a requested sentiment, chosen in README
 
 
 @dataclass(frozen=True)
