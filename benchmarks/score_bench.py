@@ -23,9 +23,12 @@ Then the kill-and-rerun check: `python flows/score.py --workers 2` in its own pr
 SIGKILLed (the flow, its workers, its temporary Prefect server) once about half the shards
 have records; a rerun; the final outputs must equal (b)'s byte for byte, no temporary file
 may be left, and the rerun's manifest must show scored exactly the shards without a complete
-output after the kill. Writes <out>.json and <out>.md.
+output after the kill. Last, the machine's own ceiling for (b)/(a): the first shard scored on
+one thread by one process alone, then by two processes at once, without Dask or Prefect
+(`--no-ceiling` skips it). Writes <out>.json and <out>.md.
 """
 
+import argparse
 import os
 import resource
 import signal
@@ -49,6 +52,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make `flows` importable
 from flows import score as score_flow  # noqa: E402
 from flows.prefect_defaults import command_settings  # noqa: E402
 from sentiment_rnn.files import read_json  # noqa: E402
+from sentiment_rnn.serving.memory import size_tokenizer_pool  # noqa: E402
 from sentiment_rnn.serving.model import load_model  # noqa: E402
 from sentiment_rnn.serving.predict import PredictOptions, predict_file  # noqa: E402
 from sentiment_rnn.serving.session import SessionConfig  # noqa: E402
@@ -169,6 +173,40 @@ def in_process_run(args: Any, shards: list[Path], out: Path, rows: int) -> dict[
             "rows_in_equal_rows_out": done == rows == rows_out, "ids_unique": unique}  # fmt: skip
 
 
+def score_one(shard: Path, out: Path, model: str, tokenizer: str | None) -> None:
+    """Score `shard` on one thread in this process, as a Dask task of one thread does; print
+    the seconds of the scoring itself (the model loaded before)."""
+    size_tokenizer_pool(1)
+    loaded = load_model(model, Path(tokenizer) if tokenizer else None, SessionConfig(threads=1))
+    start = time.perf_counter()
+    predict_file(loaded, shard, out, PredictOptions(id_column="id", progress=False, prefetch=False))
+    print(f"seconds {time.perf_counter() - start:.3f}", flush=True)
+
+
+def bare_ceiling(args: Any, shard: Path, folder: Path) -> dict[str, Any]:
+    """The machine's own 2-for-1 scaling, without Dask or Prefect: `shard` scored by one process
+    of one thread alone, then by two such processes at once."""
+
+    def run(copies: int) -> list[float]:
+        cmd = [sys.executable, __file__, "--model", args.model, "--score-one", str(shard)]
+        cmd += ["--tokenizer", args.tokenizer] if args.tokenizer else []
+        procs = [
+            subprocess.Popen([*cmd, str(folder / f"bare{copies}-{i}.parquet")],
+                             stdout=subprocess.PIPE, text=True, env=_common.child_env())
+            for i in range(copies)
+        ]  # fmt: skip
+        outs = [proc.communicate()[0] for proc in procs]
+        if any(proc.returncode for proc in procs):
+            raise SystemExit(f"error: scoring {shard} alone failed:\n{outs}")
+        return [float(out.split()[-1]) for out in outs]
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (alone,), pair = run(1), run(2)
+    return {"shard_rows": pq.ParquetFile(shard).metadata.num_rows, "alone_s": round(alone, 2),
+            "pair_s": [round(t, 2) for t in pair],
+            "two_over_one": round(2 * alone / max(pair), 2)}  # fmt: skip
+
+
 def outputs_of(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.predictions.parquet"))}
 
@@ -242,6 +280,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"- peak RSS per worker <= {TARGETS['peak_rss_mb']:.0f} MB: "
         f"{'met' if report['rss_within_target'] else 'NOT met'}",
     ]  # fmt: skip
+    if bare := report.get("bare_ceiling"):
+        lines += [
+            f"- the machine's own ceiling, without Dask or Prefect: one shard of "
+            f"{bare['shard_rows']:,} rows scored on one thread took {bare['alone_s']} s alone "
+            f"and {bare['pair_s']} s as two processes at once: two cores give "
+            f"{bare['two_over_one']}x one",
+        ]  # fmt: skip
     if kill:
         lines += ["", "Kill and rerun: " + ", ".join(f"{k} {v}" for k, v in kill.items())]
     return "\n".join(lines) + "\n"
@@ -258,7 +303,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=0.5, help="RSS sampling, seconds")
     parser.add_argument("--no-kill", action="store_true", help="skip the kill-and-rerun check")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary one")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the bare 2-vs-1 check")
+    parser.add_argument("--score-one", nargs=2, type=Path, metavar=("SHARD", "OUT"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args(argv)
+    if args.score_one:  # a child of bare_ceiling
+        score_one(*args.score_one, args.model, args.tokenizer)
+        return
     if not Path(args.model).is_file():
         raise SystemExit(f"error: model {args.model} not found (--model)")
     rows = args.shards * args.rows_per_shard
@@ -284,6 +335,11 @@ def main(argv: list[str] | None = None) -> None:
                                   args.shards)  # fmt: skip
             print(f"    {kill}", flush=True)
         same_ab = outputs_of(root / "out-a") == outputs_of(root / "out-b")
+        bare = None
+        if not args.no_ceiling:
+            print("the machine's own ceiling: one shard, one process, then two ...", flush=True)
+            bare = bare_ceiling(args, shards[0], root / "out-bare")
+            print(f"    {bare}", flush=True)
     peaks = a["peak_rss_mb_per_worker"] + b["peak_rss_mb_per_worker"]
     report = {
         "command": _common.command(__file__, argv), "machine": _common.machine(
@@ -294,7 +350,8 @@ def main(argv: list[str] | None = None) -> None:
         "b_over_a": round(b["rows_per_second"] / a["rows_per_second"], 2),
         "b_over_c": round(b["rows_per_second"] / c["rows_per_second"], 2),
         "rss_within_target": max(peaks) <= TARGETS["peak_rss_mb"],
-        "outputs_a_equal_b": same_ab, "kill_and_rerun": kill, "targets": TARGETS,
+        "outputs_a_equal_b": same_ab, "kill_and_rerun": kill, "bare_ceiling": bare,
+        "targets": TARGETS,
     }  # fmt: skip
     _common.write_result(args.out, report, markdown(report))
     print(markdown(report))
