@@ -43,7 +43,7 @@ PREFECT_API := $(or $(PREFECT_API_URL),http://127.0.0.1:$(PREFECT_PORT)/api)
 prefect-server: $(STAMP)
 	@if ! PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect server status >/dev/null 2>&1; then \
 		if [ -n "$$PREFECT_API_URL" ]; then \
-			echo "error: no Prefect server answers at PREFECT_API_URL=$$PREFECT_API_URL"; exit 2; fi; \
+			echo "error: no Prefect server answers at PREFECT_API_URL=$$PREFECT_API_URL" >&2; exit 2; fi; \
 		$(BIN)/prefect server start --background --host 127.0.0.1 --port $(PREFECT_PORT) \
 			--analytics-off >/dev/null || exit 2; \
 		PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect server status --wait --timeout 120 \
