@@ -25,7 +25,8 @@ have records; a rerun; the final outputs must equal (b)'s byte for byte, no temp
 may be left, and the rerun's manifest must show scored exactly the shards without a complete
 output after the kill. Last, the machine's own ceiling for (b)/(a): the first shard scored on
 one thread by one process alone, then by two processes at once, without Dask or Prefect
-(`--no-ceiling` skips it). Writes <out>.json and <out>.md.
+(`--no-ceiling` skips it). `--scaling-only` runs (a) and (b) alone, a repeat of b/a.
+Writes <out>.json and <out>.md.
 """
 
 import argparse
@@ -188,8 +189,9 @@ def bare_ceiling(args: Any, shard: Path, folder: Path) -> dict[str, Any]:
     of one thread alone, then by two such processes at once."""
 
     def run(copies: int) -> list[float]:
-        cmd = [sys.executable, __file__, "--model", args.model, "--score-one", str(shard)]
+        cmd = [sys.executable, __file__, "--model", args.model]
         cmd += ["--tokenizer", args.tokenizer] if args.tokenizer else []
+        cmd += ["--score-one", str(shard)]  # its output goes last, one per copy
         procs = [
             subprocess.Popen([*cmd, str(folder / f"bare{copies}-{i}.parquet")],
                              stdout=subprocess.PIPE, text=True, env=_common.child_env())
@@ -259,6 +261,18 @@ def kill_and_rerun(args: Any, src: Path, out: Path, reference: Path, shards: int
 def markdown(report: dict[str, Any]) -> str:
     a, b, c = report["a_1x1"], report["b_2x1"], report["c_in_process"]
     kill = report.get("kill_and_rerun")
+    c_row = (
+        f"| (c) one process, 2 threads | {c['seconds']} | {c['rows_per_second']:,.0f} | - | "
+        f"{c['rows_in_equal_rows_out']} | {c['ids_unique']} |"
+        if c
+        else "| (c) one process, 2 threads | not run (--scaling-only) | | | | |"
+    )
+    b_over_c = (
+        f"- b/c = {report['b_over_c']} (target >= {TARGETS['b_over_c']}): "
+        f"{'met' if report['b_over_c'] >= TARGETS['b_over_c'] else 'NOT met'}"
+        if c
+        else "- b/c: not measured in this run (--scaling-only)"
+    )
     lines = [
         "# Sharded scoring on Dask (flows/score.py)", "",
         f"Command: `{report['command']}`", "",
@@ -271,12 +285,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{a['peak_rss_mb_per_worker']} | {a['rows_in_equal_rows_out']} | {a['ids_unique']} |",
         f"| (b) 2 workers x 1 thread | {b['seconds']} | {b['rows_per_second']:,.0f} | "
         f"{b['peak_rss_mb_per_worker']} | {b['rows_in_equal_rows_out']} | {b['ids_unique']} |",
-        f"| (c) one process, 2 threads | {c['seconds']} | {c['rows_per_second']:,.0f} | - | "
-        f"{c['rows_in_equal_rows_out']} | {c['ids_unique']} |", "",
+        c_row, "",
         f"- b/a = {report['b_over_a']} (target >= {TARGETS['b_over_a']}): "
         f"{'met' if report['b_over_a'] >= TARGETS['b_over_a'] else 'NOT met'}",
-        f"- b/c = {report['b_over_c']} (target >= {TARGETS['b_over_c']}): "
-        f"{'met' if report['b_over_c'] >= TARGETS['b_over_c'] else 'NOT met'}",
+        b_over_c,
         f"- peak RSS per worker <= {TARGETS['peak_rss_mb']:.0f} MB: "
         f"{'met' if report['rss_within_target'] else 'NOT met'}",
     ]  # fmt: skip
@@ -304,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-kill", action="store_true", help="skip the kill-and-rerun check")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary one")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the bare 2-vs-1 check")
+    parser.add_argument("--scaling-only", action="store_true",
+                        help="only (a) and (b): a repeat of the scaling figure")  # fmt: skip
     parser.add_argument("--score-one", nargs=2, type=Path, metavar=("SHARD", "OUT"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args(argv)
@@ -318,9 +332,11 @@ def main(argv: list[str] | None = None) -> None:
         reviews = synthetic_source(root) if args.synthetic else args.reviews
         print(f"building {args.shards} shards x {args.rows_per_shard} rows ...", flush=True)
         shards = build_shards(reviews, root / "shards", args.shards, args.rows_per_shard)
-        print("(c) one process, 2 threads ...", flush=True)
-        c = in_process_run(args, shards, root / "out-c", rows)
-        print(f"    {c}", flush=True)
+        c = None
+        if not args.scaling_only:
+            print("(c) one process, 2 threads ...", flush=True)
+            c = in_process_run(args, shards, root / "out-c", rows)
+            print(f"    {c}", flush=True)
         with command_settings(), score_flow.api_for_workers():  # as `score.py --workers` does
             print("(a) 1 worker x 1 thread ...", flush=True)
             a = dask_run(args, root / "shards", root / "out-a", 1, rows)
@@ -329,14 +345,14 @@ def main(argv: list[str] | None = None) -> None:
             b = dask_run(args, root / "shards", root / "out-b", 2, rows)
             print(f"    {b}", flush=True)
         kill = None
-        if not args.no_kill:
+        if not (args.no_kill or args.scaling_only):
             print("kill and rerun ...", flush=True)
             kill = kill_and_rerun(args, root / "shards", root / "out-kill", root / "out-b",
                                   args.shards)  # fmt: skip
             print(f"    {kill}", flush=True)
         same_ab = outputs_of(root / "out-a") == outputs_of(root / "out-b")
         bare = None
-        if not args.no_ceiling:
+        if not (args.no_ceiling or args.scaling_only):
             print("the machine's own ceiling: one shard, one process, then two ...", flush=True)
             bare = bare_ceiling(args, shards[0], root / "out-bare")
             print(f"    {bare}", flush=True)
@@ -348,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         "shards": args.shards, "rows_per_shard": args.rows_per_shard, "rows": rows,
         "a_1x1": a, "b_2x1": b, "c_in_process": c,
         "b_over_a": round(b["rows_per_second"] / a["rows_per_second"], 2),
-        "b_over_c": round(b["rows_per_second"] / c["rows_per_second"], 2),
+        "b_over_c": round(b["rows_per_second"] / c["rows_per_second"], 2) if c else None,
         "rss_within_target": max(peaks) <= TARGETS["peak_rss_mb"],
         "outputs_a_equal_b": same_ab, "kill_and_rerun": kill, "bare_ceiling": bare,
         "targets": TARGETS,
