@@ -25,7 +25,6 @@ and after.
 
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make `flows` importable
     sys.path.insert(0, str(REPO_ROOT))
 
 from flows.dvc_runner import bin_dir, child_env, dvc_command  # noqa: E402
+from sentiment_rnn.testing import free_port  # noqa: E402
 
 DEFAULT_OUT = Path("reports/benchmarks/flow_overhead")
 TARGET_S = 15.0
@@ -97,12 +97,6 @@ def prefect_env(home: Path, api_url: str | None) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)  # Prefect makes only the last folder
     env["PREFECT_HOME"] = str(home)
     return env | ({"PREFECT_API_URL": api_url} if api_url else {})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

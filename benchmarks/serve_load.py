@@ -32,7 +32,6 @@ import platform
 import re
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ import httpx
 import pandas as pd
 import psutil
 
+from sentiment_rnn.testing import free_port
 from sentiment_rnn.tracking.runs import tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,12 +81,6 @@ class Server:
             return httpx.get(f"{self.url}/ping", timeout=10).status_code == 200
         except httpx.HTTPError:
             return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -7,6 +7,7 @@ repository (an editable install): it copies the checkout's dvc.yaml, params.yaml
 
 import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,10 @@ def _venv_dvc() -> str:
     """This interpreter's `dvc` script, not whichever one PATH finds first."""
     found = shutil.which("dvc", path=str(Path(sys.executable).parent))
     return found or "dvc"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

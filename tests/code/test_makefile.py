@@ -1,8 +1,6 @@
 """The Makefile's Prefect server for `make pipeline`: started once, then found again."""
 
-import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -10,14 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sentiment_rnn.testing import free_port
+from tests.code.test_flow_pipeline import cli_env
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFECT = REPO_ROOT / ".venv" / "bin" / "prefect"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make(target: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -34,8 +29,7 @@ def make(target: str, env: dict[str, str], *args: str) -> subprocess.CompletedPr
 @pytest.mark.skipif(shutil.which("make") is None or not PREFECT.exists(), reason="needs make")
 def test_prefect_server_target_starts_one_server_and_reuses_it(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env = cli_env(tmp_path)
     (tmp_path / "prefect-home").mkdir()
     try:
         first = make("prefect-server", env, f"PREFECT_PORT={port}")

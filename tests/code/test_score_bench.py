@@ -1,13 +1,13 @@
 """The sharded-scoring benchmark end to end on a tiny model and synthetic shards."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.code.test_flow_pipeline import cli_env
 from tests.model.predict_helpers import make_model, make_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -19,8 +19,7 @@ pytestmark = pytest.mark.slow
 def bench(tmp_path: Path, *args: str) -> dict:
     tokenizer = make_tokenizer(tmp_path / "tokenizer.json")
     model, _ = make_model(tmp_path, tokenizer, "gru", 24, name="tiny")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env = cli_env(tmp_path)
     out = tmp_path / "result"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--synthetic", "--model", str(model),
