@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make `flows` importable
     sys.path.insert(0, str(REPO_ROOT))
 
 from flows.dvc_runner import bin_dir, child_env, dvc_command  # noqa: E402
-from sentiment_rnn.testing import free_port  # noqa: E402
+from sentiment_rnn.testing import free_port, prefect_free_env  # noqa: E402
 
 DEFAULT_OUT = Path("reports/benchmarks/flow_overhead")
 TARGET_S = 15.0
@@ -93,10 +93,10 @@ def tiny_project(folder: Path) -> Path:
 
 def prefect_env(home: Path, api_url: str | None) -> dict[str, str]:
     """Our environment with no PREFECT_ setting but a throwaway PREFECT_HOME (and the API)."""
-    env = {k: v for k, v in child_env({}).items() if not k.startswith("PREFECT_")}
     home.mkdir(parents=True, exist_ok=True)  # Prefect makes only the last folder
-    env["PREFECT_HOME"] = str(home)
-    return env | ({"PREFECT_API_URL": api_url} if api_url else {})
+    return prefect_free_env(
+        child_env({}), home, **({"PREFECT_API_URL": api_url} if api_url else {})
+    )
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def prefect_free_env(base: Mapping[str, str], home: Path, **prefect: str) -> dict[str, str]:
+    """`base` without any PREFECT_ setting but `prefect`, with a throwaway PREFECT_HOME (no
+    profile, and not the user's database)."""
+    env = {k: v for k, v in base.items() if not k.startswith("PREFECT_")}
+    return {**env, "PREFECT_HOME": str(home), **prefect}

@@ -24,7 +24,7 @@ from flows import dvc_runner as dvc
 from flows import pipeline as flow_module
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.params import read_param, set_param
-from sentiment_rnn.testing import ARCHS, build_dvc_project
+from sentiment_rnn.testing import ARCHS, build_dvc_project, prefect_free_env
 
 RAN, SKIPPED = plan.RAN, plan.SKIPPED
 SCRIPT = Path(flow_module.__file__)
@@ -149,8 +149,7 @@ def run_cli(root: Path, env: dict[str, str]) -> tuple[int, str, str]:
 def cli_env(tmp_path: Path, **prefect: str) -> dict[str, str]:
     """Our environment without any PREFECT_ setting but `prefect`, with a throwaway PREFECT_HOME
     (no profile, and not the user's database)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return {**env, "PREFECT_HOME": str(tmp_path / "prefect-home"), **prefect}
+    return prefect_free_env(os.environ, tmp_path / "prefect-home", **prefect)
 
 
 def table_outcomes(stdout: str) -> set[str]:
