@@ -1,5 +1,6 @@
 """The Makefile's Prefect server for `make pipeline`: started once, then found again."""
 
+import os
 import shutil
 import subprocess
 import time
@@ -8,8 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sentiment_rnn.testing import free_port
-from tests.code.test_flow_pipeline import cli_env
+from sentiment_rnn.testing import free_port, prefect_free_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFECT = REPO_ROOT / ".venv" / "bin" / "prefect"
@@ -29,7 +29,7 @@ def make(target: str, env: dict[str, str], *args: str) -> subprocess.CompletedPr
 @pytest.mark.skipif(shutil.which("make") is None or not PREFECT.exists(), reason="needs make")
 def test_prefect_server_target_starts_one_server_and_reuses_it(tmp_path: Path) -> None:
     port = free_port()
-    env = cli_env(tmp_path)
+    env = prefect_free_env(os.environ, tmp_path / "prefect-home")
     (tmp_path / "prefect-home").mkdir()
     try:
         first = make("prefect-server", env, f"PREFECT_PORT={port}")

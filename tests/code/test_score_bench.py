@@ -1,13 +1,14 @@
 """The sharded-scoring benchmark end to end on a tiny model and synthetic shards."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.code.test_flow_pipeline import cli_env
+from sentiment_rnn.testing import prefect_free_env
 from tests.model.predict_helpers import make_model, make_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 def bench(tmp_path: Path, *args: str) -> dict:
     tokenizer = make_tokenizer(tmp_path / "tokenizer.json")
     model, _ = make_model(tmp_path, tokenizer, "gru", 24, name="tiny")
-    env = cli_env(tmp_path)
+    env = prefect_free_env(os.environ, tmp_path / "prefect-home")
     out = tmp_path / "result"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--synthetic", "--model", str(model),
