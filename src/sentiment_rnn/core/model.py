@@ -118,10 +118,11 @@ class SentimentRNN(nn.Module):
         )
         self.embedding.weight[self.cfg.pad_id].zero_()
 
-    def encode(self, token_ids: Tensor, lengths: Tensor) -> Tensor:
-        """Per-step features (B, T, D*H); positions >= length hold padding garbage."""
-        x = self.dropout(self.embedding(token_ids))  # (B, T, E)
-        reverse = reverse_within_length(lengths, token_ids.shape[1])  # (B, T)
+    def encode(self, embedded: Tensor, lengths: Tensor) -> Tensor:
+        """Per-step features (B, T, D*H) of embedded reviews (B, T, E); positions >= length
+        hold padding garbage."""
+        x = self.dropout(embedded)
+        reverse = reverse_within_length(lengths, embedded.shape[1])  # (B, T)
         for depth, directions in enumerate(self.layers):
             outputs = [directions[0](x)[0]]  # (B, T, H)
             if self.cfg.bidirectional:
@@ -151,10 +152,14 @@ class SentimentRNN(nn.Module):
             return peak
         return torch.cat([mean, peak], dim=-1)
 
+    def classify(self, embedded: Tensor, lengths: Tensor) -> Tensor:
+        """Logits (B,) of already embedded reviews (B, T, E): the adversarial training step
+        perturbs the embeddings before this."""
+        pooled = self.pool(self.encode(embedded, lengths), lengths)
+        return self.head(self.dropout(pooled)).squeeze(-1)
+
     def forward(self, token_ids: Tensor, lengths: Tensor) -> Tensor:
-        features = self.encode(token_ids, lengths)
-        pooled = self.pool(features, lengths)
-        return self.head(self.dropout(pooled)).squeeze(-1)  # (B,)
+        return self.classify(self.embedding(token_ids), lengths)  # (B,)
 
 
 @torch.inference_mode()
