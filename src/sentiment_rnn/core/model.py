@@ -74,6 +74,12 @@ def reverse_within_length(lengths: Tensor, steps: int) -> Tensor:
     return torch.where(flipped >= 0, flipped, positions)
 
 
+def valid_positions(lengths: Tensor, steps: int) -> Tensor:
+    """(B, T, 1) mask, True at positions [0, length) of each row and False on padding."""
+    positions = torch.arange(steps, device=lengths.device).unsqueeze(0)  # (1, T)
+    return (positions < lengths.unsqueeze(1)).unsqueeze(-1)
+
+
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -135,9 +141,7 @@ class SentimentRNN(nn.Module):
 
     def pool(self, features: Tensor, lengths: Tensor) -> Tensor:
         """(B, T, F) -> (B, P), using only positions < length."""
-        steps = features.shape[1]
-        mask = torch.arange(steps, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
-        mask = mask.unsqueeze(-1)  # (B, T, 1)
+        mask = valid_positions(lengths, features.shape[1])  # (B, T, 1)
         if self.cfg.pooling == "last":
             last = _gather_time(features, (lengths - 1).unsqueeze(1))[:, 0]  # (B, F)
             if not self.cfg.bidirectional:

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from sentiment_rnn.core.checkpoint import TrainState, fingerprint, load_checkpoint, save_checkpoint
 from sentiment_rnn.core.data import Batch, TokenDataset, bucketed_batches, sorted_batches
 from sentiment_rnn.core.device import autocast, resolve_device
-from sentiment_rnn.core.model import SentimentRNN
+from sentiment_rnn.core.model import SentimentRNN, valid_positions
 from sentiment_rnn.core.progress import bar
 from sentiment_rnn.errors import UserError
 
@@ -210,8 +210,7 @@ def adversarial_perturbation(
     """The worst-case first-order step on each review's embeddings (B, T, E): along the loss
     gradient, with an L2 norm of `epsilon` times the review's own embedding norm; zero on
     padding."""
-    mask = torch.arange(grad.shape[1], device=grad.device).unsqueeze(0) < lengths.unsqueeze(1)
-    mask = mask.unsqueeze(-1).to(grad.dtype)  # (B, T, 1)
+    mask = valid_positions(lengths, grad.shape[1]).to(grad.dtype)  # (B, T, 1)
     grad, embedded = grad * mask, embedded * mask
     grad_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
     scale = epsilon * embedded.flatten(1).norm(dim=1) / grad_norm
