@@ -306,6 +306,8 @@ def test_lm_stage_writes_model_onnx_metrics_and_mlflow_run(lm_project: Path) -> 
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/ppl")] == [0, 1]
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
     assert samples == {"samples/epoch-0.md", "samples/epoch-1.md"}
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert logged == {f"model/{n}" for n in ("lm.pt", "lm.onnx", "tokenizer.json", "info.json")}
 
 
 def test_the_lm_stage_run_again_gives_the_same_weights(

@@ -181,6 +181,8 @@ def train_lm(
         )
         runs.log_metrics({k: v for k, v in report.items() if k.startswith("val_")})
         runs.log_artifact(out / "samples.md")
+        for name in ("lm.pt", "lm.onnx", "tokenizer.json", "info.json"):
+            runs.log_artifact(out / name, "model")  # what `sentiment-rnn generate --model` reads
     paths.checkpoint_file(f"lm-{arch}").unlink(missing_ok=True)
     return result
 
