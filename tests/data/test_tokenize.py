@@ -17,6 +17,7 @@ from sentiment_rnn.core.tokenizer import (
     encode,
     load_encoded,
     train_tokenizer,
+    valid_mask,
 )
 from sentiment_rnn.files import read_json
 from sentiment_rnn.stages.tokenize import tokenize
@@ -119,6 +120,7 @@ def test_encode_pads_truncates_and_keeps_full_lengths(side: str) -> None:
     assert ids.shape == (3, 8) and ids.dtype == np.int32
     assert lengths.tolist() == [3, 8, 1] and full.tolist() == [3, 10, 1]
     assert (ids[0, 3:] == PAD_ID).all() and ids[2, 0] == UNK_ID
+    assert (valid_mask(lengths, ids.shape[1]) == (ids != PAD_ID)).all()
     kept = tok.decode(ids[1].tolist()).split()
     assert kept[0] == ("one" if side == "right" else "three")
 

@@ -15,7 +15,7 @@ weights only shift which of its likely tokens is drawn. Like `core.generate`, nu
 import numpy as np
 
 from sentiment_rnn.core.generate import Stepper
-from sentiment_rnn.core.tokenizer import SPECIALS
+from sentiment_rnn.core.tokenizer import SPECIALS, valid_mask
 from sentiment_rnn.errors import UserError
 
 SMOOTHING = 5.0  # reviews added to each count: a token seen in a handful of reviews stays near 0
@@ -32,7 +32,7 @@ def sentiment_weights(
     the special tokens. `ids` (N, T) padded token ids, `lengths` (N,), `labels` (N,) 0/1."""
     if not len(ids) or set(np.unique(labels).tolist()) != {0, 1}:
         raise UserError("the lexicon needs labelled reviews of both sentiments")
-    valid = np.arange(ids.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    valid = valid_mask(lengths, ids.shape[1])
     rows = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)[valid].astype(np.int64)
     pairs = np.unique(rows * vocab_size + ids[valid].astype(np.int64))  # (review, token) once
     review, token = np.divmod(pairs, vocab_size)

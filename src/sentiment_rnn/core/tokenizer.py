@@ -139,6 +139,11 @@ def encode(
     return ids, lengths, full
 
 
+def valid_mask(lengths: np.ndarray, steps: int) -> np.ndarray:
+    """(N, steps) bool: True at positions [0, length) of each row, False on padding."""
+    return np.arange(steps)[None, :] < np.asarray(lengths)[:, None]
+
+
 def encode_split(
     tok: Tokenizer, texts: list[str], labels: np.ndarray, cfg: TokenizeConfig
 ) -> Encoded:
@@ -147,7 +152,7 @@ def encode_split(
 
 
 def split_metrics(enc: Encoded) -> dict[str, Any]:
-    valid = np.arange(enc.ids.shape[1])[None, :] < enc.lengths[:, None]
+    valid = valid_mask(enc.lengths, enc.ids.shape[1])
     tokens = int(valid.sum())
     return {
         "rows": int(len(enc.lengths)),

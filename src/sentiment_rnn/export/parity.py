@@ -15,6 +15,7 @@ import torch
 
 from sentiment_rnn.core.model import SentimentRNN
 from sentiment_rnn.core.progress import bar
+from sentiment_rnn.core.tokenizer import valid_mask
 from sentiment_rnn.errors import UserError
 from sentiment_rnn.serving.contract import OUTPUT_NAMES
 
@@ -43,7 +44,7 @@ def random_batch(
     ids = rng.integers(0, vocab_size, (batch, steps), dtype=np.int64)
     lengths = rng.integers(1, steps + 1, batch, dtype=np.int64)
     lengths[0] = steps
-    ids[np.arange(steps)[None, :] >= lengths[:, None]] = pad_id
+    ids[~valid_mask(lengths, steps)] = pad_id
     return OnnxFeed(ids, lengths, "random")
 
 

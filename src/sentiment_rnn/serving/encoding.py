@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from sentiment_rnn.core.tokenizer import PAD_ID, UNK_ID
+from sentiment_rnn.core.tokenizer import PAD_ID, UNK_ID, valid_mask
 
 OK = "ok"
 MISSING = "error: missing text"
@@ -127,5 +127,5 @@ def pad_batch(rows: list[np.ndarray], pad_id: int = PAD_ID) -> tuple[np.ndarray,
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     ids = np.full((len(rows), int(lengths.max())), pad_id, dtype=np.int64)
     # Row-major boolean assignment fills each row's first `length` slots in order.
-    ids[np.arange(ids.shape[1]) < lengths[:, None]] = np.concatenate(rows)
+    ids[valid_mask(lengths, ids.shape[1])] = np.concatenate(rows)
     return ids, lengths
